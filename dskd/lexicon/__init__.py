@@ -1,0 +1,1 @@
+"""Lexicon: synonym/antonym word pairs (WordNet, Wiktionary) mapped to teacher token ids."""

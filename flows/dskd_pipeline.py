@@ -1,0 +1,87 @@
+"""The DSKD pipeline flow: composes the stage tasks, each cached on its config section + upstream keys."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from dskd.config import PipelineConfig, load_config
+from dskd.corpus import content_hash, source_files
+from tasks.annotate_corpus import annotate_corpus
+from tasks.build_lexicon import build_lexicon
+from tasks.build_sense_index import build_sense_index
+from tasks.cache_teacher_outputs import cache_teacher_outputs
+from tasks.evaluate_student import evaluate_student
+from tasks.prepare_teacher import prepare_teacher
+from tasks.register_student import register_student
+from tasks.tracking import ParentRun
+from tasks.train_student import train_student
+
+
+def stage_sections(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """Each stage's cache-relevant inputs: its own section (plus the few upstream settings it reads)."""
+    lexicon = cfg.lexicon.model_dump()
+    if cfg.lexicon.kaikki_path and "kaikki" in cfg.lexicon.sources:
+        lexicon["kaikki_hash"] = content_hash([Path(cfg.lexicon.kaikki_path)])
+    corpus = cfg.corpus.model_dump()
+    corpus["content_hash"] = content_hash(source_files(cfg.corpus.source))
+    senses = cfg.senses
+    return {
+        "teacher": cfg.teacher.model_dump(),
+        "lexicon": lexicon,
+        "annotate": {
+            "corpus": corpus,
+            "sampling": {"max_positions": senses.max_positions, "frac_positions": senses.frac_positions},
+        },
+        "teacher_cache": cfg.cache.model_dump(),
+        "sense_index": senses.model_dump(),
+        "train": {
+            "train": cfg.train.model_dump(),
+            "student": cfg.student.model_dump(),
+            "kappa": senses.kappa,
+            "cache": cfg.cache.model_dump(),
+        },
+        "evaluate": {"eval": cfg.eval.model_dump(), "student": cfg.student.model_dump()},
+        "register": {**cfg.registry.model_dump(), "config_hash": cfg.digest()},
+    }
+
+
+STAGES = [
+    # (stage, task, upstream stages)
+    ("teacher", prepare_teacher, []),
+    ("lexicon", build_lexicon, ["teacher"]),
+    ("annotate", annotate_corpus, ["teacher", "lexicon"]),
+    ("teacher_cache", cache_teacher_outputs, ["teacher", "annotate"]),
+    ("sense_index", build_sense_index, ["lexicon", "annotate", "teacher_cache"]),
+    ("train", train_student, ["teacher", "annotate", "teacher_cache", "sense_index"]),
+    ("evaluate", evaluate_student, ["teacher", "annotate", "train"]),
+    ("register", register_student, ["teacher", "teacher_cache", "train", "evaluate"]),
+]
+
+
+@flow(name="dskd-pipeline")
+def dskd_pipeline(config_path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run every DSKD stage; unchanged stages are Prefect cache hits and do no work."""
+    cfg = load_config(config_path, overrides)
+    home = str(cfg.home_path)
+    tracking_cfg = cfg.tracking.model_dump()
+    sections = stage_sections(cfg)
+    keys: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    with ParentRun(tracking_cfg, home, cfg) as parent:
+        for stage, stage_task, needs in STAGES:
+            t0 = time.perf_counter()
+            state = stage_task(
+                sections[stage], {n: keys[n] for n in needs}, home, tracking_cfg, parent.run_id, return_state=True
+            )
+            result = state.result()
+            keys[stage] = result["key"]
+            cached = state.name == "Cached" or not result["computed"]
+            rows.append({**result, "cached": cached, "seconds": time.perf_counter() - t0})
+            parent.stage_done(stage, result, cached)
+        summary = {"stages": rows, "keys": keys, "mlflow_run_id": parent.run_id}
+        parent.finish(summary)
+    return summary

@@ -1,0 +1,127 @@
+"""Stage 4: per-token k-means sense dictionary (faiss, GPU when present) + exact top-κ candidates per position."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+
+from dskd.cache_schema import CANDIDATES_SCHEMA
+from dskd.candidates import select_candidates
+from dskd.lexicon.token_map import read_lexicon
+from dskd.plots import senses_histogram
+from dskd.senses import build_sense_table, compose_virtual_senses
+from dskd.teacher_cache import read_reservoir
+from tasks.common import run_stage, stage_cache_policy
+
+STAGE = "sense_index"
+
+
+def _candidates_for_shard(cache_path: Path, ann_path: Path, table, lex, section: dict, dim: int, use_gpu):
+    cache = pq.read_table(cache_path, columns=["seq_id", "sense_positions", "sense_hidden"])
+    ann = pq.read_table(ann_path, columns=["input_ids", "full_positions", "posonly_positions"])
+    queries, next_tokens, full_flags, owners, positions = [], [], [], [], []
+    for i in range(cache.num_rows):
+        union = np.asarray(cache.column("sense_positions")[i].values, dtype=np.int64)
+        hidden = np.asarray(cache.column("sense_hidden")[i].values, dtype=np.float32).reshape(-1, dim)
+        ids = np.asarray(ann.column("input_ids")[i].values, dtype=np.int64)
+        full = np.asarray(ann.column("full_positions")[i].values, dtype=np.int64)
+        posonly = np.asarray(ann.column("posonly_positions")[i].values, dtype=np.int64)
+        # A position may be drawn in both sets: it then gets one full and one positive-only entry.
+        entries = np.concatenate([full, posonly])
+        flags = np.concatenate([np.ones(len(full), bool), np.zeros(len(posonly), bool)])
+        queries.append(hidden[np.searchsorted(union, entries)])
+        next_tokens.append(ids[entries + 1])
+        full_flags.append(flags)
+        owners.append(np.full(len(entries), i))
+        positions.append(entries)
+    q = np.concatenate(queries) if queries else np.zeros((0, dim), np.float32)
+    pos_rows, neg_rows = select_candidates(
+        table,
+        q,
+        np.concatenate(next_tokens),
+        np.concatenate(full_flags),
+        lex,
+        kappa=section["kappa"],
+        max_related=section["max_related"],
+        self_in_both_pools=section["self_in_both_pools"],
+        seed=section["seed"],
+        use_gpu=use_gpu,
+    )
+    owner = np.concatenate(owners)
+    flags_all, pos_all = np.concatenate(full_flags), np.concatenate(positions)
+    rows = []
+    for i in range(cache.num_rows):
+        sel = owner == i
+        rows.append(
+            {
+                "seq_id": int(cache.column("seq_id")[i].as_py()),
+                "sense_positions": pos_all[sel].astype(np.int32),
+                "full": flags_all[sel],
+                "pos_rows": pos_rows[sel].reshape(-1).astype(np.int32),
+                "neg_rows": neg_rows[sel].reshape(-1).astype(np.int32),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA), int(sel.size), pos_rows, neg_rows
+
+
+@task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")
+def build_sense_index(
+    section: dict[str, Any],
+    upstream: dict[str, str],
+    home: str,
+    tracking_cfg: dict[str, Any],
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Cache key: senses section (k, κ, pools, seeds) + lexicon, annotate and teacher-cache keys."""
+
+    def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
+        use_gpu = None if section["use_gpu"] == "auto" else False
+        capture = json.loads((up["teacher_cache"] / "capture.json").read_text())
+        dim, vocab = capture["hidden_size"], capture["vocab_size"]
+        lex = read_lexicon(up["lexicon"])
+        table = build_sense_table(
+            read_reservoir(up["teacher_cache"] / "reservoir.parquet", dim),
+            n_ids=vocab,
+            dim=dim,
+            k=section["k"],
+            seed=section["seed"],
+            niter=section["niter"],
+            use_gpu=use_gpu,
+            progress=True,
+        )
+        table = compose_virtual_senses(table, vocab, lex.virtual_spans, section["span_samples"], section["seed"])
+        table.save(tmp / "senses.safetensors")
+        # A global exact index over every sense row, for inspection/probes (written by faiss, not pickle).
+        index = faiss.IndexFlatL2(dim)
+        index.add(table.vectors.astype(np.float32))
+        faiss.write_index(index, str(tmp / "senses.faiss"))
+        (tmp / "candidates").mkdir()
+        ann_shards = sorted((up["annotate"] / "train").glob("*.parquet"))
+        cache_shards = sorted((up["teacher_cache"] / "shards").glob("*.parquet"))
+        n_entries = n_full_with_neg = n_pos = 0
+        for ann_path, cache_path in zip(ann_shards, cache_shards, strict=True):
+            out, n, pos_rows, neg_rows = _candidates_for_shard(cache_path, ann_path, table, lex, section, dim, use_gpu)
+            pq.write_table(out, tmp / "candidates" / cache_path.name.replace("cache-", "cand-"), compression="zstd")
+            n_entries += len(pos_rows)
+            n_pos += int((pos_rows >= 0).any(1).sum())
+            n_full_with_neg += int((neg_rows >= 0).any(1).sum())
+        counts = table.n_senses()
+        senses_histogram(counts[:vocab], tmp / "senses_per_token.png")
+        extra["metrics"] = {
+            "sense_rows": int(table.vectors.shape[0]),
+            "tokens_with_senses": int((counts[:vocab] > 0).sum()),
+            "virtual_with_senses": int((counts[vocab:] > 0).sum()),
+            "candidate_entries": n_entries,
+            "entries_with_positives": n_pos,
+            "entries_with_negatives": n_full_with_neg,
+            "faiss_gpus": faiss.get_num_gpus(),
+        }
+
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)

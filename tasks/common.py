@@ -1,0 +1,77 @@
+"""What every stage task shares: artifact keys, the cache policy, and the compute-or-reuse wrapper."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+
+from dskd.artifacts import artifact_dir, is_complete, stage_key, write_artifact
+from tasks import tracking
+
+
+@dataclass
+class ArtifactPresent(CachePolicy):
+    """Cache-key part that changes when the stage's artifact is missing on disk.
+
+    A Prefect cache hit is only trusted while the artifact it points to still exists: if someone deleted
+    ``$DSKD_HOME/artifacts/<stage>/<key>``, the key becomes unique and the stage recomputes.
+    """
+
+    stage: str = ""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters, **kwargs) -> str | None:
+        key = stage_key(self.stage, inputs["section"], inputs["upstream"])
+        if is_complete(artifact_dir(inputs["home"], self.stage, key)):
+            return f"{self.stage}:{key}:present"
+        return f"{self.stage}:{key}:missing:{uuid.uuid4().hex}"
+
+
+def stage_cache_policy(stage: str) -> CachePolicy:
+    """Key = INPUTS (section, upstream keys, home) + TASK_SOURCE + artifact presence.
+
+    The MLflow parent run id and tracking settings are excluded: they change per run or per user and do not
+    change what the stage computes.
+    """
+    return (INPUTS - "parent_run_id" - "tracking_cfg") + TASK_SOURCE + ArtifactPresent(stage=stage)
+
+
+def run_stage(
+    stage: str,
+    section: dict[str, Any],
+    upstream: dict[str, str],
+    home: str,
+    parent_run_id: str | None,
+    tracking_cfg: dict[str, Any],
+    build: Callable[[Path, dict[str, Any], dict[str, Path]], None],
+    hash_files: bool = True,
+) -> dict[str, Any]:
+    """Reuse the stage's artifact if complete, else build it atomically inside a nested MLflow run.
+
+    ``build(tmp_dir, extra, upstream_paths)`` writes files into tmp_dir and may put metrics into
+    ``extra["metrics"]`` and other manifest fields into ``extra``.
+    Returns {stage, key, path, computed, seconds}.
+    """
+    key = stage_key(stage, section, upstream)
+    final = artifact_dir(home, stage, key)
+    t0 = time.perf_counter()
+    if is_complete(final):
+        return {"stage": stage, "key": key, "path": str(final), "computed": False, "seconds": 0.0}
+    upstream_paths = {name: artifact_dir(home, name, k) for name, k in upstream.items()}
+    uri = tracking.tracking_uri(tracking_cfg.get("tracking_uri"), home)
+    with tracking.stage_run(uri, tracking_cfg["experiment"], home, parent_run_id, stage, section) as (client, rid):
+        client.set_tag(rid, "dskd.key", key)
+        with write_artifact(home, stage, key, section, upstream, hash_files=hash_files) as (tmp, extra):
+            extra["mlflow_run_id"] = rid
+            build(tmp, extra, upstream_paths)
+        seconds = time.perf_counter() - t0
+        tracking.log_metrics(client, rid, {**extra.get("metrics", {}), "stage_seconds": seconds})
+        client.log_artifact(rid, str(final / "manifest.json"))
+        for plot in final.glob("*.png"):
+            client.log_artifact(rid, str(plot))
+    return {"stage": stage, "key": key, "path": str(final), "computed": True, "seconds": seconds}

@@ -1,0 +1,123 @@
+"""The few Ray lines: a WorkerContext over ray.train, the per-worker entry point, and the trainer launch."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from dskd.training import TrainJob, run_training
+
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+class RayWorkerContext:
+    """WorkerContext backed by ray.train: rank/world, DDP preparation, checkpoint report/restore."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = str(ray.train.torch.get_device())
+        self._client = None
+        self._run_id = run_id
+        if self.rank == 0 and tracking_uri and run_id:
+            from mlflow.tracking import MlflowClient  # rank 0 alone logs
+
+            self._client = MlflowClient(tracking_uri=tracking_uri)
+
+    def prepare_model(self, model):
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def checkpoint_dir(self) -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        return Path(checkpoint.to_directory())
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(__import__("time").time() * 1000)
+        self._client.log_batch(self._run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def scratch_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="dskd-ckpt-"))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point on every worker."""
+    ctx = RayWorkerContext(config.get("tracking_uri"), config.get("mlflow_run_id"))
+    run_training(TrainJob(**config["job"]), ctx)
+
+
+def init_ray(address: str | None, num_cpus: int, temp_dir: Path) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray on loopback. Returns True if started here."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=str(temp_dir),
+        log_to_driver=False,
+        runtime_env={"env_vars": RAY_ENV},
+    )
+    return True
+
+
+def fit(
+    job: TrainJob,
+    train_cfg: dict[str, Any],
+    storage_path: Path,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    run_name: str | None = None,
+) -> Checkpoint:
+    """Run the TorchTrainer; returns the final checkpoint (holding ``student/`` and ``history.json``).
+
+    A fresh run name each call unless ``run_name`` is given: re-using one resumes its checkpoints.
+    """
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": asdict(job), "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id},
+        scaling_config=ScalingConfig(
+            num_workers=train_cfg["num_workers"],
+            use_gpu=train_cfg["use_gpu"],
+            resources_per_worker={"CPU": train_cfg["threads_per_worker"]} if not train_cfg["use_gpu"] else None,
+        ),
+        run_config=RunConfig(
+            name=run_name or f"dskd-{uuid.uuid4().hex[:8]}",
+            storage_path=str(storage_path.resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=train_cfg["max_failures"]),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a final checkpoint; see the Ray logs under DSKD_HOME/ray")
+    return result.checkpoint

@@ -1,0 +1,67 @@
+"""MLflow model registry: register a student version, the champion gate, promotion and rollback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Create the registered model if it does not exist yet."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="DSKD students distilled by dskd-pipeline")
+
+
+def champion_version(client: MlflowClient, name: str):
+    """The version holding the champion alias, or None."""
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def passes_gate(challenger: float, champion: float | None, min_improvement: float) -> bool:
+    """Lower-is-better gate: beat the champion by at least ``min_improvement`` (relative). No champion: pass."""
+    if champion is None:
+        return True
+    return challenger < champion * (1.0 - min_improvement)
+
+
+def register_version(
+    client: MlflowClient,
+    name: str,
+    source: str,
+    run_id: str,
+    tags: dict[str, Any],
+    metric: str,
+    metric_value: float,
+    min_improvement: float,
+) -> dict[str, Any]:
+    """New version from ``source`` with tags; alias challenger; champion if it passes the gate."""
+    ensure_registered_model(client, name)
+    version = client.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    current = champion_version(client, name)
+    current_value = float(current.tags[metric]) if current is not None and metric in current.tags else None
+    promoted = passes_gate(metric_value, current_value, min_improvement)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        client.set_model_version_tag(
+            name, version.version, "dskd.previous_champion", current.version if current is not None else ""
+        )
+    return {
+        "model_name": name,
+        "version": int(version.version),
+        "aliases": [CHALLENGER] + ([CHAMPION] if promoted else []),
+        "promoted": promoted,
+        "gate_metric": metric,
+        "challenger_value": metric_value,
+        "champion_value_before": current_value,
+    }

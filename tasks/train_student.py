@@ -1,0 +1,76 @@
+"""Stage 5: Ray Train TorchTrainer distils the student from the cached teacher signals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ray
+from prefect import task
+
+from dskd.cache_schema import capture_of, check_capture
+from dskd.plots import loss_curves
+from dskd.training import TrainJob
+from tasks.cache_teacher_outputs import expected_capture
+from tasks.common import run_stage, stage_cache_policy
+from tasks.prepare_teacher import teacher_dir
+from tasks.ray_train import fit, init_ray
+from tasks.tracking import tracking_uri
+
+STAGE = "train"
+
+
+@task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")
+def train_student(
+    section: dict[str, Any],
+    upstream: dict[str, str],
+    home: str,
+    tracking_cfg: dict[str, Any],
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Cache key: train + student sections, κ, and the teacher, annotate, cache and sense-index keys.
+
+    ``train.ray_address`` is part of the train section, so moving to a cluster re-trains (deliberate).
+    """
+    import pyarrow.parquet as pq
+
+    def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
+        model_dir = teacher_dir(up["teacher"])
+        cache_shards = sorted((up["teacher_cache"] / "shards").glob("*.parquet"))
+        found = capture_of(pq.read_schema(cache_shards[0]))
+        check_capture(expected_capture(upstream["teacher"], model_dir, section["cache"]), found)
+        job = TrainJob(
+            teacher_dir=str(model_dir),
+            annotate_dir=str(up["annotate"]),
+            cache_dir=str(up["teacher_cache"]),
+            index_dir=str(up["sense_index"]),
+            kd_temperature=found["kd_temperature"],
+            student=section["student"],
+            train=section["train"],
+            kappa=section["kappa"],
+        )
+        train_cfg = section["train"]
+        started = init_ray(train_cfg["ray_address"], max(2, train_cfg["num_workers"]), Path(home) / "ray")
+        try:
+            uri = tracking_uri(tracking_cfg.get("tracking_uri"), home)
+            checkpoint = fit(job, train_cfg, Path(home) / "ray_results", uri, extra["mlflow_run_id"])
+            with checkpoint.as_directory() as ckpt:
+                shutil.copytree(Path(ckpt) / "student", tmp / "student")
+                history = json.loads((Path(ckpt) / "history.json").read_text())
+        finally:
+            if started:
+                ray.shutdown()
+        (tmp / "history.json").write_text(json.dumps(history))
+        if history:
+            loss_curves(history, tmp / "loss_curves.png")
+            last = history[-1]
+            mean_step = sum(h["step_seconds"] for h in history) / len(history)
+            extra["metrics"] = {
+                "steps": last["step"],
+                "final_loss_total": last["loss_total"],
+                "mean_step_seconds": mean_step,
+            }
+
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, hash_files=True)
