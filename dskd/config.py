@@ -47,7 +47,11 @@ class LexiconConfig(Section):
     kaikki_path: str | None = Field(None, description="Kaikki/wiktextract English JSONL (for source 'kaikki')")
     nltk_data_dir: str | None = Field(None, description="NLTK data dir holding corpora/wordnet")
     include_similar: bool = Field(True, description="WordNet adjective similar-to/also-see as synonyms")
-    polarity_fix: bool = Field(True, description="move pairs differing by an odd number of negation affixes")
+    polarity_fix: bool = Field(
+        True,
+        description="move Wiktionary pairs differing by an odd number of negation affixes between syn and ant "
+        "(not applied to WordNet, whose synset-mates like flammable/inflammable it would break)",
+    )
     max_tail_tokens: int = Field(3, ge=1, le=3)
     min_head_chars: int = Field(3, ge=1)
 

@@ -31,7 +31,9 @@ def gguf_source(package: str, gguf_file: str) -> Path:
 def convert_gguf_teacher(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> None:
     """Dequantise a GGUF model and save it as a plain HF dir (safetensors + tokenizer)."""
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=DTYPES[dtype])
+    # Dequantising is fastest in fp32; cast to the storage dtype afterwards.
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    model = model.to(DTYPES[dtype])
     # A GGUF-loaded model refuses to serialise while it still carries its quantizer.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -41,10 +41,12 @@ def build_lexicon(
             if not section["kaikki_path"]:
                 raise ValueError("lexicon.sources has 'kaikki' but lexicon.kaikki_path is unset; set it")
             s, a = kaikki_pairs(section["kaikki_path"])
+            # Only crowd-sourced Wiktionary pairs get the polarity fix: on WordNet's curated synsets every
+            # pair it would move is wrong (flammable/inflammable, ravel/unravel, thaw/unthaw ...).
+            if section["polarity_fix"]:
+                s, a = fix_polarity(s, a)
             syn |= s
             ant |= a
-        if section["polarity_fix"]:
-            syn, ant = fix_polarity(syn, ant)
         tokenizer = load_tokenizer(teacher_dir(up["teacher"]))
         lex = build_token_lexicon(
             syn, ant, tokenizer, max_tail_tokens=section["max_tail_tokens"], min_head_chars=section["min_head_chars"]

@@ -33,7 +33,7 @@ def sym(*pairs: tuple[str, str]) -> set[tuple[str, str]]:
 
 
 def rows(lex: TokenLexicon) -> set[tuple[int, int, int]]:
-    return set(zip(lex.heads.tolist(), lex.tails.tolist(), lex.relation.tolist()))
+    return set(zip(lex.heads.tolist(), lex.tails.tolist(), lex.relation.tolist(), strict=True))
 
 
 # ---------------------------------------------------------------- WordNet

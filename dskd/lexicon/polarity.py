@@ -5,6 +5,9 @@ it has an odd number of negation morphemes and an existing base, flips a pair's 
 two polarities, and rewrites negated words to their bases. We have no MorphoLEX, and naive per-word prefix
 stripping reads "increase", "inform", "import" as negations, so this is the conservative, pair-relative
 version: an affix only counts when stripping it makes the two words meet at a common stem.
+
+Meant for noisy sources (Kaikki). On WordNet it finds nothing to move to synonyms and would move 50 synset-mates
+to antonyms, every one wrong (flammable/inflammable, ravel/unravel, invest/vest, thaw/unthaw): don't apply it there.
 """
 
 from __future__ import annotations
@@ -105,7 +108,7 @@ def fix_polarity(
     ending in "i" also tried with "y". An affix counts only when the two words then meet at the SAME stem;
     the meeting with the fewest strips decides. An odd number of negations (happy/unhappy, legal/illegal,
     careless/careful) makes the pair an antonym pair: it leaves ``syn`` for ``ant``. An even, non-zero number
-    (unhappy/nonunhappy) makes it a synonym pair. Pairs with no common stem are untouched -- so
+    (nonhappy/unhappy: both meet at "happy") makes it a synonym pair. Pairs with no common stem are untouched -- so
     "interest"/"rest" (stripping "in" gives "terest") and "unhappy"/"sad" stay where the source put them.
     A pair found in both sets ends up in the one its parity says. Input is read as symmetric; the output is
     made symmetric.

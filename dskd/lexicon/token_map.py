@@ -86,7 +86,7 @@ def build_token_lexicon(
     head_of: dict[str, int] = {}
     tail_of: dict[str, int] = {}
     spans: dict[tuple[int, ...], int] = {}  # span -> provisional index
-    for word, ids in zip(words, token_ids):
+    for word, ids in zip(words, token_ids, strict=True):
         if len(ids) == 1:
             tail_of[word] = ids[0]
             if len(word) >= min_head_chars:
@@ -102,9 +102,7 @@ def build_token_lexicon(
     ant_keys = np.setdiff1d(ant_keys, ambiguous, assume_unique=True)
 
     keys = np.concatenate([syn_keys, ant_keys])
-    relation = np.concatenate(
-        [np.full(len(syn_keys), SYNONYM, np.int8), np.full(len(ant_keys), ANTONYM, np.int8)]
-    )
+    relation = np.concatenate([np.full(len(syn_keys), SYNONYM, np.int8), np.full(len(ant_keys), ANTONYM, np.int8)])
     heads, tails = keys // n_ids, keys % n_ids
     keep = heads != tails
     heads, tails, relation = heads[keep], tails[keep], relation[keep]

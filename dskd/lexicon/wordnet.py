@@ -52,14 +52,12 @@ class _FastWordNetReader(WordNetCorpusReader):
     use (no OMW reader is attached); skipping it roughly halves load time and makes index.sense optional.
     """
 
-    def map_wn(self, version: str = "wordnet") -> None:  # noqa: D102 - see class docstring
+    def map_wn(self, version: str = "wordnet") -> None:
         return None
 
 
 def _lexnames_text() -> str:
-    return "".join(
-        f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)
-    )
+    return "".join(f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES))
 
 
 def _candidate_data_dirs(nltk_data_dir: str | None) -> list[Path]:
@@ -78,11 +76,15 @@ def _candidate_data_dirs(nltk_data_dir: str | None) -> list[Path]:
     return out
 
 
-def _has_nltk_wordnet(data_dir: Path) -> bool:
+def _wordnet_resource(data_dir: Path) -> str | None:
+    """nltk resource name of the WordNet corpus in ``data_dir``, or None if it has none."""
     corpus = data_dir / "corpora" / "wordnet"
-    return (corpus / "lexnames").is_file() and (corpus / "data.noun").is_file() or (
-        data_dir / "corpora" / "wordnet.zip"
-    ).is_file()
+    if (corpus / "lexnames").is_file() and (corpus / "data.noun").is_file():
+        return "corpora/wordnet"
+    if (data_dir / "corpora" / "wordnet.zip").is_file():
+        # A zipped corpus (what nltk.download leaves) is found as a directory inside the zip: trailing "/".
+        return "corpora/wordnet.zip/wordnet/"
+    return None
 
 
 def _allow(data_dir: Path) -> None:
@@ -91,9 +93,9 @@ def _allow(data_dir: Path) -> None:
         nltk.data.path.insert(0, str(data_dir))
 
 
-def _open_reader(data_dir: Path) -> WordNetCorpusReader:
+def _open_reader(data_dir: Path, resource: str = "corpora/wordnet") -> WordNetCorpusReader:
     _allow(data_dir)
-    root = nltk.data.find("corpora/wordnet", paths=[str(data_dir)])
+    root = nltk.data.find(resource, paths=[str(data_dir)])
     key = str(root)
     if key not in _READERS:
         with warnings.catch_warnings():
@@ -162,8 +164,9 @@ def load_wordnet(
     """
     candidates = _candidate_data_dirs(nltk_data_dir)
     for data_dir in candidates:
-        if _has_nltk_wordnet(data_dir):
-            return _open_reader(data_dir)
+        resource = _wordnet_resource(data_dir)
+        if resource is not None:
+            return _open_reader(data_dir, resource)
 
     debian = Path(debian_dir)
     if all((debian / name).is_file() for name in _REQUIRED):

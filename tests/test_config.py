@@ -1,0 +1,62 @@
+"""Config precedence (defaults < YAML < env < CLI) and one-line errors naming the bad key."""
+
+from __future__ import annotations
+
+import pytest
+
+from dskd.config import ConfigError, PipelineConfig, load_config
+
+
+def test_defaults_are_the_embedded_default():
+    cfg = load_config(environ={})
+    assert cfg.teacher.path is None and cfg.corpus.source == "boolq"
+    assert (cfg.cache.kd_temperature, cfg.train.alpha, cfg.senses.kappa, cfg.senses.max_related) == (2.0, 0.7, 5, 25)
+
+
+def test_precedence_yaml_env_cli(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("train:\n  lr: 1.0e-3\n  epochs: 3\ncorpus:\n  seq_len: 64\n")
+    env = {"DSKD_TRAIN__LR": "2e-3", "DSKD_CORPUS__SEQ_LEN": "32"}
+    cfg = load_config(yml, ["train.lr=3e-3"], environ=env)
+    assert cfg.train.lr == 3e-3  # CLI beats env beats YAML
+    assert cfg.corpus.seq_len == 32  # env beats YAML
+    assert cfg.train.epochs == 3  # YAML beats default
+
+
+def test_dskd_home_env_sets_home():
+    assert load_config(environ={"DSKD_HOME": "/x/y"}).home == "/x/y"
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr'"),
+        ("train.loss=foo", "invalid config value for 'train.loss'"),
+        ("nonsense", "not key=value"),
+    ],
+)
+def test_bad_input_gives_one_line_error(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override], environ={})
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_section_digest_isolates_stages():
+    a, b = PipelineConfig(), PipelineConfig()
+    b.train.lr = 1.0
+    assert a.train.digest() != b.train.digest() and a.cache.digest() == b.cache.digest()
+
+
+def test_trainable_layers_cannot_exceed_layers():
+    with pytest.raises(ConfigError, match="n_trainable_layers"):
+        load_config(overrides=["student.n_layers=2", "student.n_trainable_layers=3"], environ={})
+
+
+def test_shipped_yaml_is_valid():
+    cfg = load_config("configs/default.yaml", environ={})
+    assert cfg.student.n_layers == 15 and cfg.train.loss == "dskd"

@@ -1,0 +1,114 @@
+"""End to end: the real Prefect flow (ephemeral), real Ray Train (2 local workers), real MLflow (SQLite), on a
+tiny config: every stage's artifact, a registered model version that loads and generates, and a fully cached rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dskd.artifacts import read_manifest
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ["teacher", "lexicon", "annotate", "teacher_cache", "sense_index", "train", "evaluate", "register"]
+
+
+def tiny_overrides(teacher_dir: Path, home: Path) -> list[str]:
+    return [
+        f"home={home}",
+        f"teacher.path={teacher_dir}",
+        "corpus.n_train_seqs=16",
+        "corpus.n_heldout_seqs=4",
+        "corpus.seq_len=32",
+        "corpus.shard_seqs=8",
+        "train.batch_size=2",
+        "train.num_workers=2",
+        "train.checkpoint_every=2",
+        "student.n_layers=2",
+        "student.n_trainable_layers=1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def flow_runs(tiny_teacher_dir, tmp_path_factory):
+    from flows.dskd_pipeline import dskd_pipeline
+
+    home = tmp_path_factory.mktemp("e2e_home")
+    overrides = tiny_overrides(tiny_teacher_dir, home)
+    first = dskd_pipeline(None, overrides)
+    second = dskd_pipeline(None, overrides)
+    return home, first, second
+
+
+def test_every_stage_writes_a_complete_artifact(flow_runs):
+    home, first, _ = flow_runs
+    assert [row["stage"] for row in first["stages"]] == STAGES
+    for row in first["stages"]:
+        assert not row["cached"], f"{row['stage']} should be computed on a fresh home"
+        manifest = read_manifest(Path(row["path"]))
+        assert manifest["stage"] == row["stage"]
+        assert manifest["files"], f"{row['stage']} wrote no files"
+        assert Path(row["path"]).parent.parent == home / "artifacts"
+
+
+def test_stage_contents(flow_runs):
+    _, first, _ = flow_runs
+    paths = {row["stage"]: Path(row["path"]) for row in first["stages"]}
+    annotate = read_manifest(paths["annotate"])
+    assert annotate["rows"] == {"train": 16, "heldout": 4}
+    cache = read_manifest(paths["teacher_cache"])
+    assert cache["rows"]["sequences"] == 16 and cache["rows"]["reservoir_tokens"] > 0
+    assert len(list((paths["teacher_cache"] / "shards").glob("*.parquet"))) == 2
+    index = read_manifest(paths["sense_index"])
+    assert index["metrics"]["sense_rows"] > 0 and index["metrics"]["candidate_entries"] > 0
+    assert (paths["sense_index"] / "senses.safetensors").is_file()
+    assert (paths["sense_index"] / "senses.faiss").is_file()
+    history = json.loads((paths["train"] / "history.json").read_text())
+    # 16 sequences / 2 workers / batch 2 = 4 steps, each with every loss term finite.
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert all(h["loss_kd"] >= 0 and h["loss_sense"] >= 0 and h["loss_ce"] > 0 for h in history)
+    assert (paths["train"] / "student" / "model.safetensors").is_file()
+    metrics = json.loads((paths["evaluate"] / "metrics.json").read_text())
+    assert set(metrics) == {"teacher", "student_init", "student"}
+    assert metrics["student"]["heldout_tokens"] == 4 * 31
+
+
+def test_registered_version_loads_and_generates(flow_runs, tiny_teacher_dir):
+    import mlflow
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    home, first, _ = flow_runs
+    reg = json.loads((Path(first["stages"][-1]["path"]) / "registration.json").read_text())
+    assert reg["version"] == 1 and reg["promoted"] and set(reg["aliases"]) == {"challenger", "champion"}
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("dskd-student", "champion")
+    assert version.tags["dskd.train_key"] == first["keys"]["train"]
+    local = mlflow.artifacts.download_artifacts(f"models:/dskd-student@champion", dst_path=str(home / "dl"))
+    model = AutoModelForCausalLM.from_pretrained(local)
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def test_second_run_is_fully_cached(flow_runs):
+    _, first, second = flow_runs
+    assert all(row["cached"] for row in second["stages"]), [r["stage"] for r in second["stages"] if not r["cached"]]
+    assert second["keys"] == first["keys"]
+
+
+def test_mlflow_parent_and_nested_runs(flow_runs):
+    import mlflow
+
+    home, first, second = flow_runs
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    nested = client.search_runs(
+        [client.get_experiment_by_name("dskd").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{first['mlflow_run_id']}'",
+    )
+    assert sorted(r.data.tags["dskd.stage"] for r in nested) == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in nested)
+    parent2 = client.get_run(second["mlflow_run_id"])
+    assert all(parent2.data.tags[f"dskd.{s}.status"] == "cached" for s in STAGES)
