@@ -73,6 +73,13 @@ def print_summary(summary: dict, wall: float) -> None:
         )
 
 
+from flows.cli_ops import deploy, models_app, worker  # noqa: E402
+
+app.command()(deploy)
+app.command()(worker)
+app.add_typer(models_app, name="models")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

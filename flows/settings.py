@@ -25,3 +25,13 @@ ENV_HOME = "DSKD_HOME"
 ENV_TRACKING = "MLFLOW_TRACKING_URI"
 ENV_RAY = "RAY_ADDRESS"
 ENV_PREFECT_API = "PREFECT_API_URL"
+
+# Container and cluster layout shared by docker/ and infra/ (tests/test_infra.py keeps them in sync).
+CONTAINER_HOME = "/data/dskd"  # DSKD_HOME in every image, service and pod: one shared volume at one path
+CONTAINER_UID = 1000  # the runner image's user = the `ray` user of rayproject/ray: both write the shared volume
+PYTHON_VERSION = "3.11"  # both images: a Ray client and its cluster need the same Python minor
+RAY_VERSION = "2.60.0"  # pinned in both images and the RayCluster: Ray refuses nodes/clients of another version
+K8S_NAMESPACE = "dskd"
+RAY_CLUSTER_NAME = "dskd"  # KubeRay RayCluster; its head Service is f"{RAY_CLUSTER_NAME}-head-svc"
+MLFLOW_ARTIFACTS_BUCKET = "mlflow"  # MLflow server --artifacts-destination s3://<bucket> (a MinIO bucket in compose)
+MINIO_CONSOLE_PORT = 9001

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import uuid
@@ -76,6 +77,9 @@ def init_ray(address: str | None, num_cpus: int, temp_dir: Path) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
+    # Ray puts AF_UNIX sockets under its temp dir (path limit 107 bytes): keep it short, one per DSKD_HOME.
+    digest = hashlib.sha256(str(temp_dir.resolve()).encode()).hexdigest()[:8]
+    temp_dir = Path(tempfile.gettempdir()) / f"dskd-ray-{digest}"
     temp_dir.mkdir(parents=True, exist_ok=True)
     ray.init(
         num_cpus=num_cpus,

@@ -65,3 +65,49 @@ def register_version(
         "challenger_value": metric_value,
         "champion_value_before": current_value,
     }
+
+
+def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every version of ``name``, newest first, with aliases, gate-relevant tags and run id."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    model = client.get_registered_model(name)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        rows.append(
+            {
+                "version": int(v.version),
+                "aliases": sorted(aliases.get(str(v.version), [])),
+                "run_id": v.run_id,
+                "tags": dict(v.tags),
+                "created": v.creation_timestamp,
+            }
+        )
+    return rows
+
+
+def promote(client: MlflowClient, name: str, version: int) -> int | None:
+    """Make ``version`` the champion by hand (bypassing the gate); returns the previous champion version."""
+    client.get_model_version(name, str(version))  # raises a clear MlflowException if absent
+    current = champion_version(client, name)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    previous = int(current.version) if current is not None else None
+    if previous is not None and previous != version:
+        client.set_model_version_tag(name, str(version), "dskd.previous_champion", str(previous))
+    return previous
+
+
+def rollback(client: MlflowClient, name: str) -> int:
+    """Move the champion alias back to the version it replaced (recorded at promotion)."""
+    current = champion_version(client, name)
+    if current is None:
+        raise ValueError(f"model '{name}' has no champion to roll back; promote a version first")
+    previous = current.tags.get("dskd.previous_champion", "")
+    if not previous:
+        raise ValueError(
+            f"champion version {current.version} of '{name}' replaced no earlier champion; nothing to roll back to"
+        )
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    return int(previous)

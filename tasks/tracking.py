@@ -30,10 +30,13 @@ def client_for(uri: str) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str, home: str | Path) -> str:
-    """The experiment id, creating it with a local artifact root under DSKD_HOME (not ./mlruns in the CWD)."""
+    """The experiment id; a new one on a local store gets its artifact root under DSKD_HOME (not ./mlruns)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    if client.tracking_uri.startswith(("http://", "https://")):
+        # A tracking server decides where artifacts go (e.g. its S3 bucket).
+        return client.create_experiment(name)
     root = (Path(home).resolve() / "mlartifacts").as_uri()
     return client.create_experiment(name, artifact_location=f"{root}/{name}")
 

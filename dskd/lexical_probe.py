@@ -1,0 +1,141 @@
+"""Lexical-semantics probe from WordNet: does the model prefer a synonym over an antonym / an unrelated word?
+
+Each item is a zero-shot two-way choice scored with :func:`dskd.mc_eval.score_task` ("plain" style, same
+continuation log-likelihood code as the benchmarks)::
+
+    context      'The word "{w}" means almost the same as the word'
+    choices      " {synonym}"  vs  " {antonym}"     (kind "antonym")
+                 " {synonym}"  vs  " {unrelated}"   (kind "unrelated")
+
+The space-led continuation is how words most often occur in running text, so byte-level BPE tokenisers give them
+their fewest tokens (a quote-led word would split differently: ``'sad`` -> ``'s`` + ``ad`` under GPT-2 rules).
+Only candidates of at most ``max_tokens`` tokens are used. The unrelated word has the synonym's token count and
+a length within one character of it: token count is our frequency proxy (BPE merges follow corpus frequency;
+we ship no word-frequency list). The choice order is shuffled per item, so a model that always picks the first
+choice scores ~50%, not 100%.
+
+Head words are held out of training by a fixed hash rule (:func:`is_heldout_word`, ~20% of words): a training
+lexicon that drops every pair touching a held-out word (either side, since pairs are symmetric) cannot have
+taught the model the probe's answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import defaultdict
+
+from dskd.benchmarks import MCItem
+from dskd.lexicon.wordnet import wordnet_pairs
+from dskd.mc_eval import score_task
+
+__all__ = ["HELDOUT_MODULUS", "PROBE_KINDS", "TEMPLATE", "build_probe_items", "is_heldout_word", "score_probe"]
+
+HELDOUT_MODULUS = 5
+TEMPLATE = 'The word "{word}" means almost the same as the word'
+PROBE_KINDS = ("antonym", "unrelated")
+_WORD = re.compile(r"[a-z]{3,}")
+
+
+def is_heldout_word(word: str) -> bool:
+    """True for the ~1/5 of words (lowercased, stripped) whose sha1 is 0 mod 5: probe heads, kept out of training."""
+    digest = hashlib.sha1(word.strip().lower().encode("utf-8")).hexdigest()
+    return int(digest, 16) % HELDOUT_MODULUS == 0
+
+
+def _neighbours(pairs: set[tuple[str, str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for a, b in pairs:
+        if _WORD.fullmatch(a) and _WORD.fullmatch(b):
+            out[a].add(b)
+    return out
+
+
+def build_probe_items(
+    wn,
+    tokenizer,
+    n_items: int,
+    seed: int = 0,
+    kinds: tuple[str, ...] = PROBE_KINDS,
+    max_tokens: int = 3,
+) -> list[MCItem]:
+    """Up to ``n_items`` items per kind (``subject`` = the kind), from held-out WordNet head words.
+
+    ``answer`` indexes the synonym. Words are single lowercase alphabetic lemmas of >= 3 letters; a candidate
+    that is both a synonym and an antonym of the head is dropped. Deterministic in ``seed``.
+    """
+    unknown = set(kinds) - set(PROBE_KINDS)
+    if unknown:
+        raise ValueError(f"unknown probe kind(s) {sorted(unknown)}: use {PROBE_KINDS}")
+    syn_pairs, ant_pairs = wordnet_pairs(wn)
+    syn, ant = _neighbours(syn_pairs), _neighbours(ant_pairs)
+    heads = sorted(w for w in syn if is_heldout_word(w))
+
+    n_tokens: dict[str, int] = {}
+
+    def fits(words: set[str]) -> list[str]:
+        todo = sorted(w for w in words if w not in n_tokens)
+        if todo:
+            for w, ids in zip(todo, tokenizer([f" {w}" for w in todo], add_special_tokens=False)["input_ids"]):
+                n_tokens[w] = len(ids)
+        return sorted(w for w in words if n_tokens[w] <= max_tokens)
+
+    # Unrelated candidates: every lexicon word, bucketed by (tokens, length); token counts computed lazily.
+    vocabulary = sorted(set(syn) | set(ant))
+    buckets: dict[tuple[int, int], list[str]] | None = None
+
+    rng = random.Random(seed)
+    order = heads[:]
+    rng.shuffle(order)
+    items: dict[str, list[MCItem]] = {k: [] for k in kinds}
+    for w in order:
+        if all(len(items[k]) >= n_items for k in kinds):
+            break
+        synonyms = fits(syn[w] - ant.get(w, set()))
+        if not synonyms:
+            continue
+        s = rng.choice(synonyms)
+        for kind in kinds:
+            if len(items[kind]) >= n_items:
+                continue
+            if kind == "antonym":
+                antonyms = fits(ant.get(w, set()) - syn[w])
+                if not antonyms:
+                    continue
+                other = rng.choice(antonyms)
+            else:
+                if buckets is None:
+                    fits(set(vocabulary))
+                    buckets = defaultdict(list)
+                    for v in vocabulary:
+                        buckets[(n_tokens[v], len(v))].append(v)
+                related = syn[w] | ant.get(w, set()) | syn.get(s, set()) | {w, s}
+                pool = [v for d in (-1, 0, 1) for v in buckets.get((n_tokens[s], len(s) + d), []) if v not in related]
+                if not pool:
+                    continue
+                other = rng.choice(pool)
+            choices = [s, other]
+            rng.shuffle(choices)
+            items[kind].append(MCItem(TEMPLATE.format(word=w), choices, choices.index(s), subject=kind))
+    return [it for k in kinds for it in items[k]]
+
+
+def score_probe(
+    model,
+    tokenizer,
+    items: list[MCItem],
+    batch_size: int = 8,
+    max_length: int = 1024,
+    device="cpu",
+) -> dict[str, dict]:
+    """``{"syn_vs_antonym": {acc, acc_norm, n}, "syn_vs_unrelated": {...}}``: acc = share of items where the
+    synonym's continuation log-likelihood is the higher one (acc_norm: per character)."""
+    out = {}
+    for kind in PROBE_KINDS:
+        subset = [it for it in items if it.subject == kind]
+        if subset:
+            out[f"syn_vs_{kind}"] = score_task(
+                model, tokenizer, subset, [], 0, batch_size, max_length, device, style="plain"
+            )
+    return out
