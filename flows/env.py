@@ -6,9 +6,13 @@ import os
 from pathlib import Path
 
 
-def configure_environment(home: Path) -> None:
+def configure_environment(home: Path, ray_address: str | None = None) -> None:
     """Local, offline, quiet defaults under DSKD_HOME; anything the user already exported wins."""
     home.mkdir(parents=True, exist_ok=True)
+    if not (ray_address or os.environ.get("RAY_ADDRESS")):
+        # Ray rewrites a 127.0.0.1 node address to the machine's routable IP unless multi-host clustering is
+        # off; a local Ray (and a test cluster built with ray.cluster_utils) must stay on loopback.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     defaults = {
         "DSKD_HOME": str(home),
         "PREFECT_HOME": str(home / "prefect"),

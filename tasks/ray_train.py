@@ -68,7 +68,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def init_ray(address: str | None, num_cpus: int, temp_dir: Path) -> bool:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray on loopback. Returns True if started here."""
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray on loopback.
+
+    Returns True when this call initialised Ray (the caller then shuts it down: a local Ray stops, a connection to
+    an existing cluster is closed and the cluster keeps running).
+    """
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
@@ -76,7 +80,7 @@ def init_ray(address: str | None, num_cpus: int, temp_dir: Path) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
-        return False
+        return True
     # Ray puts AF_UNIX sockets under its temp dir (path limit 107 bytes): keep it short, one per DSKD_HOME.
     digest = hashlib.sha256(str(temp_dir.resolve()).encode()).hexdigest()[:8]
     temp_dir = Path(tempfile.gettempdir()) / f"dskd-ray-{digest}"

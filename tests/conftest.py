@@ -14,7 +14,7 @@ from flows.env import configure_environment  # noqa: E402
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("RAY_ADDRESS", None)
-configure_environment(_SESSION_HOME)
+configure_environment(_SESSION_HOME)  # no Ray address: loopback-only Ray
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

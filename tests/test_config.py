@@ -15,12 +15,12 @@ def test_defaults_are_the_embedded_default():
 
 def test_precedence_yaml_env_cli(tmp_path):
     yml = tmp_path / "c.yaml"
-    yml.write_text("train:\n  lr: 1.0e-3\n  epochs: 3\ncorpus:\n  seq_len: 64\n")
+    yml.write_text("train:\n  lr: 1.0e-3\n  epochs: 5\ncorpus:\n  seq_len: 64\n")
     env = {"DSKD_TRAIN__LR": "2e-3", "DSKD_CORPUS__SEQ_LEN": "32"}
     cfg = load_config(yml, ["train.lr=3e-3"], environ=env)
     assert cfg.train.lr == 3e-3  # CLI beats env beats YAML
     assert cfg.corpus.seq_len == 32  # env beats YAML
-    assert cfg.train.epochs == 3  # YAML beats default
+    assert cfg.train.epochs == 5  # YAML beats default
 
 
 def test_dskd_home_env_sets_home():

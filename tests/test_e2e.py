@@ -26,6 +26,7 @@ def tiny_overrides(teacher_dir: Path, home: Path) -> list[str]:
         "train.batch_size=2",
         "train.num_workers=2",
         "train.checkpoint_every=2",
+        "train.epochs=1",
         "student.n_layers=2",
         "student.n_trainable_layers=1",
     ]
@@ -87,7 +88,7 @@ def test_registered_version_loads_and_generates(flow_runs, tiny_teacher_dir):
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("dskd-student", "champion")
     assert version.tags["dskd.train_key"] == first["keys"]["train"]
-    local = mlflow.artifacts.download_artifacts(f"models:/dskd-student@champion", dst_path=str(home / "dl"))
+    local = mlflow.artifacts.download_artifacts("models:/dskd-student@champion", dst_path=str(home / "dl"))
     model = AutoModelForCausalLM.from_pretrained(local)
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 7)

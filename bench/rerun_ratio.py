@@ -1,0 +1,111 @@
+"""Unchanged rerun of the whole flow / its first run (target <= 0.10).
+
+Runs the real CLI (``.venv/bin/dskd run key=value ...``: Prefect flow, every stage, Ray Train, MLflow, registry)
+twice in subprocesses on a small config with its own fresh home dir, timing both wall clocks; the second run must
+be a cache hit for every stage (checked from its stage table). The teacher is the bench's HF dir via
+``teacher.path`` (so the first run does not include the one-off GGUF conversion). The details also give the time of
+a bare ``import flows.dskd_pipeline`` in a fresh interpreter, the floor under any rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import _common as C
+
+SMALL = {
+    "default": {
+        "corpus.seq_len": 64,
+        "corpus.n_train_seqs": 16,
+        "corpus.n_heldout_seqs": 4,
+        "corpus.shard_seqs": 8,
+        "cache.batch_size": 8,
+        "student.n_layers": 2,
+        "student.n_trainable_layers": 1,
+        "train.num_workers": 1,
+        "train.batch_size": 4,
+        "train.epochs": 1,
+        "train.max_steps": 2,
+        "eval.max_seqs": 4,
+    },
+    "tiny": {
+        "corpus.seq_len": 32,
+        "corpus.n_train_seqs": 4,
+        "corpus.n_heldout_seqs": 2,
+        "corpus.shard_seqs": 4,
+        "cache.batch_size": 4,
+        "student.n_layers": 2,
+        "student.n_trainable_layers": 1,
+        "train.num_workers": 1,
+        "train.batch_size": 2,
+        "train.epochs": 1,
+        "train.max_steps": 1,
+        "eval.max_seqs": 2,
+    },
+}
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--keep", action="store_true", help="keep the run's home dir")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per flow run")
+    args = p.parse_args()
+    C.setup(args)
+
+    teacher = C.teacher_path(args)
+    run_home = args.home / f"rerun-{args.profile}-{uuid.uuid4().hex[:8]}"
+    tmp = C.short_tmp("rerun")  # the run's TMPDIR: Ray's sockets and the workers' checkpoint scratch dirs
+    overrides = [f"home={run_home}", f"teacher.path={teacher}"] + [f"{k}={v}" for k, v in SMALL[args.profile].items()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DSKD_", "PREFECT_", "MLFLOW_", "RAY_"))}
+    env.update(DSKD_HOME=str(run_home), TMPDIR=str(tmp))
+    dskd = Path(sys.executable).parent / "dskd"
+    cmd = [str(dskd), "run", *overrides]
+    walls, outputs = [], []
+    try:
+        for i in (1, 2):
+            C.log(f"flow run {i}: {' '.join(cmd[1:])}")
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, cwd=C.REPO)
+            walls.append(time.perf_counter() - t0)
+            outputs.append(proc.stdout)
+            C.log(f"flow run {i}: exit {proc.returncode} in {walls[-1]:.1f} s")
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+                raise SystemExit(f"flow run {i} failed (exit {proc.returncode})")
+        floor = None
+        if not args.tiny:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import flows.dskd_pipeline"], env=env, check=True, cwd=C.REPO)
+            floor = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(run_home, ignore_errors=True)
+    second = outputs[1]
+    stage_lines = [ln for ln in second.splitlines() if "cached" in ln or "computed" in ln]
+    recomputed = [ln.split("│")[1].strip() if "│" in ln else ln.strip() for ln in stage_lines if "computed" in ln]
+    print("\n".join(outputs[1].splitlines()[-16:]), file=sys.stderr)
+    C.result(
+        "rerun_ratio",
+        walls[1] / walls[0],
+        "<=",
+        0.10,
+        {
+            "config": overrides[1:],
+            "first_run_s": walls[0],
+            "rerun_s": walls[1],
+            "rerun_all_cached": not recomputed and len(stage_lines) >= 8,
+            "recomputed_stages": recomputed,
+            "import_floor_s": floor,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Teacher-cache stage wall time / a bare teacher forward loop over the same batches (target <= 1.10).
+
+Side by side, interleaved: (a) the real stage task ``cache_teacher_outputs.fn`` on the bench's annotated corpus
+(model load, tokenizer hash, teacher pass with top-k + logsumexp + hidden states, reservoir, Parquet writes, the
+manifest's sha256s and its MLflow run; a fresh artifact key per repeat, deleted afterwards), and (b) a bare
+``model(input_ids).logits`` loop over the same batches with the same dtype and batch size on an already loaded
+teacher. The stage's own loop (``cache_shard`` + ``write_reservoir``) is timed inside the task by wrapping those
+two functions, so the details split the ratio into per-batch overhead and fixed (per-run) overhead.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+
+import _common as C
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--seqs", type=int, default=None, help="annotated sequences run through (default 32, tiny 8)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3, tiny 1)")
+    args = p.parse_args()
+    C.setup(args)
+    repeats = args.repeats or (1 if args.tiny else 3)
+    n_seqs = args.seqs or (8 if args.tiny else 32)
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    import tasks.cache_teacher_outputs as stage_mod
+    from dskd.teacher import load_causal_lm, resolve_compute_dtype, resolve_device
+
+    cfg = C.config(args, corpus__n_train_seqs=n_seqs)
+    stages = C.run_stages(cfg, "annotate")
+    section = cfg.cache.model_dump()
+    device = resolve_device(section["device"])
+    dtype = resolve_compute_dtype(section["compute_dtype"], device)
+    model_dir = C.model_dir_of(stages)
+    shards = sorted((stages["annotate"]["path"] / "train").glob("*.parquet"))
+    bs = section["batch_size"]
+    batches = []
+    for shard in shards:  # the stage batches shard by shard: same cuts here
+        ids = np.asarray(pq.read_table(shard, columns=["input_ids"]).column("input_ids").to_pylist(), dtype=np.int64)
+        batches += [torch.from_numpy(ids[i : i + bs]).to(device) for i in range(0, len(ids), bs)]
+    n_tokens = sum(b.numel() for b in batches)
+    C.log(f"teacher {model_dir.name}, {len(batches)} batches of {bs}, {n_tokens} tokens, dtype {dtype}")
+    model = load_causal_lm(model_dir, dtype=dtype, device=device)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model(input_ids=b).logits  # noqa: B018 - the forward is the work
+
+    # Wrap the stage's two per-token functions to split the stage's time (the wrapped functions run unchanged).
+    inner: dict[str, float] = {"loop": 0.0}
+    real_cache_shard, real_write_reservoir = stage_mod.cache_shard, stage_mod.write_reservoir
+
+    def timed(fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                inner["loop"] += time.perf_counter() - t0
+
+        return wrapper
+
+    stage_mod.cache_shard, stage_mod.write_reservoir = timed(real_cache_shard), timed(real_write_reservoir)
+    loops: list[float] = []
+    home, tracking_cfg = str(cfg.home_path), cfg.tracking.model_dump()
+    upstream = {"teacher": stages["teacher"]["key"], "annotate": stages["annotate"]["key"]}
+
+    def stage() -> None:
+        inner["loop"] = 0.0
+        # A nonce in the section gives a fresh artifact key (the stage never reads it): a real compute, no reuse.
+        res = stage_mod.cache_teacher_outputs.fn(
+            {**section, "bench_nonce": uuid.uuid4().hex}, upstream, home, tracking_cfg, None
+        )
+        loops.append(inner["loop"])
+        shutil.rmtree(res["path"], ignore_errors=True)
+
+    # Warm-up: one bare batch (the stage's first call pays for nothing the bench has not already imported).
+    with torch.inference_mode():
+        model(input_ids=batches[0]).logits  # noqa: B018
+    times = C.interleave({"bare_forward": bare, "cache_stage": stage}, repeats, warmup=0)
+    t_bare, t_stage = C.median(times["bare_forward"]), C.median(times["cache_stage"])
+    t_loop = C.median(loops)
+    ratio = t_stage / t_bare
+    C.result(
+        "teacher_cache_overhead",
+        ratio,
+        "<=",
+        1.10,
+        {
+            "teacher": str(model_dir),
+            "dtype": dtype,
+            "batch_size": bs,
+            "batches": len(batches),
+            "tokens": n_tokens,
+            "repeats": repeats,
+            "bare_forward_s": times["bare_forward"],
+            "cache_stage_s": times["cache_stage"],
+            "stage_loop_s": loops,
+            "loop_ratio": t_loop / t_bare,
+            "fixed_overhead_s": t_stage - t_loop,
+            "bare_tokens_per_s": n_tokens / t_bare,
+            "stage_tokens_per_s": n_tokens / t_stage,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
