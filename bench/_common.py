@@ -303,7 +303,7 @@ def median(xs: list[float]) -> float:
 
 def short_tmp(tag: str) -> Path:
     """A short private temp dir (AF_UNIX socket paths under it stay below the 107-byte limit)."""
-    return Path(tempfile.mkdtemp(prefix=f"dskdb-{tag}-", dir="/tmp"))
+    return Path(tempfile.mkdtemp(prefix=f"db{tag[:2]}-", dir="/tmp"))
 
 
 def machine() -> dict[str, Any]:

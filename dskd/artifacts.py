@@ -29,7 +29,8 @@ SCHEMA_VERSIONS = {
     "teacher_cache": 1,
     "sense_index": 1,
     "train": 1,
-    "evaluate": 1,
+    "baselines": 1,
+    "evaluate": 2,
     "register": 1,
 }
 

@@ -89,6 +89,9 @@ class SensesConfig(Section):
 
 
 class StudentConfig(Section):
+    init_path: str | None = Field(
+        None, description="local HF dir of another student model (same tokenizer as the teacher); None = teacher"
+    )
     n_layers: int = Field(15, ge=1, description="student = teacher truncated to its first n_layers")
     n_trainable_layers: int = Field(2, ge=0, description="only the top n layers train")
     hidden_size: int | None = Field(None, description="other width: a fresh smaller student (extension)")
@@ -126,6 +129,13 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     batch_size: int = 8
     max_seqs: int | None = Field(None, description="cap on held-out sequences")
+    tasks: dict[str, dict[str, Any]] | None = Field(
+        None,
+        description="multiple-choice suite {task: {limit, k_shot, split}}; tasks: arc_easy, arc_challenge, "
+        "commonsense_qa, piqa, mmlu, jsonl:<path>; None = dskd.mc_eval.DEFAULT_SUITE; {} = none",
+    )
+    probe_items: int = Field(100, ge=0, description="WordNet lexical probe items (held-out words); 0 = off")
+    seed: int = Field(0, description="item sampling and few-shot seed (the same for every model)")
 
 
 class TrackingConfig(Section):

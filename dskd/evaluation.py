@@ -1,4 +1,5 @@
-"""Held-out language-model metrics, same code for the teacher and every student."""
+"""The evaluation suite, same code for the teacher and every student: held-out perplexity and next-token
+accuracy, lm-eval-harness-style multiple-choice scoring, and the WordNet lexical probe."""
 
 from __future__ import annotations
 
@@ -31,3 +32,21 @@ def heldout_metrics(model, sequences: np.ndarray, batch_size: int = 8, device: s
         "heldout_accuracy": correct / max(count, 1),
         "heldout_tokens": float(count),
     }
+
+
+def evaluate_model(
+    model, tokenizer, heldout: np.ndarray, cfg: dict, wordnet=None, device: str = "cpu"
+) -> dict[str, float]:
+    """Flat metrics for one model: heldout_*, mc.<task>.acc/acc_norm, probe.<kind>.acc (see EvalConfig)."""
+    from dskd.lexical_probe import build_probe_items, score_probe
+    from dskd.mc_eval import evaluate_suite
+
+    metrics = heldout_metrics(model, heldout, cfg["batch_size"], device)
+    if cfg["tasks"] != {}:
+        for task, m in evaluate_suite(model, tokenizer, cfg["tasks"], seed=cfg["seed"], device=device).items():
+            metrics.update({f"mc.{task}.acc": m["acc"], f"mc.{task}.acc_norm": m["acc_norm"], f"mc.{task}.n": m["n"]})
+    if cfg["probe_items"] and wordnet is not None:
+        items = build_probe_items(wordnet, tokenizer, cfg["probe_items"], cfg["seed"])
+        for kind, m in score_probe(model, tokenizer, items, device=device).items():
+            metrics.update({f"probe.{kind}.acc": m["acc"], f"probe.{kind}.n": m["n"]})
+    return metrics

@@ -40,6 +40,18 @@ def truncate_and_freeze(model: PreTrainedModel, n_layers: int, n_trainable: int)
     return model
 
 
+def check_same_vocabulary(teacher_dir: str | Path, student_dir: str | Path) -> None:
+    """Refuse a student whose tokenizer differs from the teacher's: logits and token-keyed senses would not align."""
+    from dskd.teacher import load_tokenizer
+
+    teacher, student = load_tokenizer(teacher_dir), load_tokenizer(student_dir)
+    if teacher.get_vocab() != student.get_vocab():
+        raise ValueError(
+            f"student.init_path '{student_dir}' has a tokenizer of {len(student)} tokens that differs from the "
+            f"teacher's ({len(teacher)}): DSKD needs the teacher's vocabulary; pick a student of the same family"
+        )
+
+
 def build_student(
     teacher_dir: str | Path,
     n_layers: int,
@@ -47,8 +59,17 @@ def build_student(
     hidden_size: int | None = None,
     intermediate_size: int | None = None,
     seed: int = 0,
+    init_path: str | Path | None = None,
 ) -> PreTrainedModel:
-    """The student model in fp32 (CPU training; DDP/AMP handle device and precision later)."""
+    """The student model in fp32 (CPU training; DDP/AMP handle device and precision later).
+
+    Default: the teacher truncated to ``n_layers``; ``init_path``: another local model of the same tokenizer,
+    truncated the same way; ``hidden_size``: a fresh narrower model with the teacher's vocabulary.
+    """
+    if init_path is not None:
+        check_same_vocabulary(teacher_dir, init_path)
+        model = load_causal_lm(init_path, dtype="float32")
+        return truncate_and_freeze(model, n_layers, n_trainable).train()
     if hidden_size is None:
         model = load_causal_lm(teacher_dir, dtype="float32")
         return truncate_and_freeze(model, n_layers, n_trainable).train()

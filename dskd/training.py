@@ -143,6 +143,7 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
         job.student.get("hidden_size"),
         job.student.get("intermediate_size"),
         seed=cfg["seed"],
+        init_path=job.student.get("init_path"),
     )
     senses = None
     projection = None

@@ -10,11 +10,12 @@ from prefect import flow
 
 from dskd.config import PipelineConfig, load_config
 from dskd.corpus import content_hash, source_files
+from dskd.student import check_same_vocabulary
 from tasks.annotate_corpus import annotate_corpus
 from tasks.build_lexicon import build_lexicon
 from tasks.build_sense_index import build_sense_index
 from tasks.cache_teacher_outputs import cache_teacher_outputs
-from tasks.evaluate_student import evaluate_student
+from tasks.evaluate_student import evaluate_baselines, evaluate_student
 from tasks.prepare_teacher import prepare_teacher
 from tasks.register_student import register_student
 from tasks.tracking import ParentRun
@@ -44,7 +45,12 @@ def stage_sections(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
             "kappa": senses.kappa,
             "cache": cfg.cache.model_dump(),
         },
-        "evaluate": {"eval": cfg.eval.model_dump(), "student": cfg.student.model_dump()},
+        "baselines": {
+            "eval": cfg.eval.model_dump(),
+            "student": cfg.student.model_dump(),
+            "nltk_data_dir": cfg.lexicon.nltk_data_dir,
+        },
+        "evaluate": {"eval": cfg.eval.model_dump(), "nltk_data_dir": cfg.lexicon.nltk_data_dir},
         "register": {**cfg.registry.model_dump(), "config_hash": cfg.digest()},
     }
 
@@ -57,7 +63,8 @@ STAGES = [
     ("teacher_cache", cache_teacher_outputs, ["teacher", "annotate"]),
     ("sense_index", build_sense_index, ["lexicon", "annotate", "teacher_cache"]),
     ("train", train_student, ["teacher", "annotate", "teacher_cache", "sense_index"]),
-    ("evaluate", evaluate_student, ["teacher", "annotate", "train"]),
+    ("baselines", evaluate_baselines, ["teacher", "annotate"]),
+    ("evaluate", evaluate_student, ["teacher", "annotate", "train", "baselines"]),
     ("register", register_student, ["teacher", "teacher_cache", "train", "evaluate"]),
 ]
 
@@ -69,6 +76,8 @@ def dskd_pipeline(config_path: str | None = None, overrides: list[str] | None = 
     home = str(cfg.home_path)
     tracking_cfg = cfg.tracking.model_dump()
     sections = stage_sections(cfg)
+    if cfg.student.init_path and cfg.teacher.path:
+        check_same_vocabulary(cfg.teacher.path, cfg.student.init_path)  # refuse before any work starts
     keys: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     with ParentRun(tracking_cfg, home, cfg) as parent:

@@ -1,4 +1,5 @@
-"""Stage 6: held-out perplexity and next-token accuracy for the teacher, the untrained and the trained student."""
+"""Stage 6: the evaluation suite for the teacher and the untrained student (baselines, computed once per
+teacher/data/eval config) and for each trained student."""
 
 from __future__ import annotations
 
@@ -9,16 +10,56 @@ from typing import Any
 from prefect import task
 
 from dskd.annotate import read_sequences
-from dskd.evaluation import heldout_metrics
+from dskd.evaluation import evaluate_model
+from dskd.lexicon.wordnet import load_wordnet
 from dskd.student import build_student
-from dskd.teacher import load_causal_lm
+from dskd.teacher import load_causal_lm, load_tokenizer
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 
-STAGE = "evaluate"
+
+def _heldout(annotate: Path, eval_cfg: dict[str, Any]):
+    seqs = read_sequences(sorted((annotate / "heldout").glob("*.parquet")))
+    return seqs[: eval_cfg["max_seqs"]] if eval_cfg["max_seqs"] else seqs
 
 
-@task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")
+def _wordnet(section: dict[str, Any], home: str):
+    if not section["eval"]["probe_items"]:
+        return None
+    return load_wordnet(section.get("nltk_data_dir"), cache_dir=Path(home) / "nltk_data")
+
+
+@task(cache_policy=stage_cache_policy("baselines"), persist_result=True, result_serializer="json")
+def evaluate_baselines(
+    section: dict[str, Any],
+    upstream: dict[str, str],
+    home: str,
+    tracking_cfg: dict[str, Any],
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Cache key: eval + student sections + teacher and annotate keys (no training: shared by every arm)."""
+
+    def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
+        model_dir = teacher_dir(up["teacher"])
+        tokenizer, wn = load_tokenizer(model_dir), _wordnet(section, home)
+        heldout, cfg, student = _heldout(up["annotate"], section["eval"]), section["eval"], section["student"]
+        results = {"teacher": evaluate_model(load_causal_lm(model_dir), tokenizer, heldout, cfg, wn)}
+        init = build_student(
+            model_dir,
+            student["n_layers"],
+            student["n_trainable_layers"],
+            student.get("hidden_size"),
+            student.get("intermediate_size"),
+            init_path=student.get("init_path"),
+        )
+        results["student_init"] = evaluate_model(init, tokenizer, heldout, cfg, wn)
+        (tmp / "metrics.json").write_text(json.dumps(results, indent=2))
+        extra["metrics"] = {f"{who}.{k}": v for who, m in results.items() for k, v in m.items()}
+
+    return run_stage("baselines", section, upstream, home, parent_run_id, tracking_cfg, build)
+
+
+@task(cache_policy=stage_cache_policy("evaluate"), persist_result=True, result_serializer="json")
 def evaluate_student(
     section: dict[str, Any],
     upstream: dict[str, str],
@@ -26,30 +67,16 @@ def evaluate_student(
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Cache key: eval section + student section + teacher, annotate (held-out split) and train keys."""
+    """Cache key: eval section + teacher, annotate, train and baselines keys. metrics.json holds all three models."""
 
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
-        heldout = read_sequences(sorted((up["annotate"] / "heldout").glob("*.parquet")))
-        if section["eval"]["max_seqs"]:
-            heldout = heldout[: section["eval"]["max_seqs"]]
-        bs = section["eval"]["batch_size"]
         model_dir = teacher_dir(up["teacher"])
-        results = {"teacher": heldout_metrics(load_causal_lm(model_dir), heldout, bs)}
-        student_cfg = section["student"]
-        init = build_student(
-            model_dir,
-            student_cfg["n_layers"],
-            student_cfg["n_trainable_layers"],
-            student_cfg.get("hidden_size"),
-            student_cfg.get("intermediate_size"),
-        )
-        results["student_init"] = heldout_metrics(init, heldout, bs)
-        del init
+        tokenizer, wn = load_tokenizer(model_dir), _wordnet(section, home)
+        heldout, cfg = _heldout(up["annotate"], section["eval"]), section["eval"]
+        results = json.loads((up["baselines"] / "metrics.json").read_text())
         trained = load_causal_lm(up["train"] / "student", dtype="float32")
-        results["student"] = heldout_metrics(trained, heldout, bs)
+        results["student"] = evaluate_model(trained, tokenizer, heldout, cfg, wn)
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2))
-        extra["metrics"] = {f"{who}.{k}": v for who, m in results.items() for k, v in m.items()}
-        # The gate metric of the registry, unprefixed: the trained student's.
-        extra["student_metrics"] = results["student"]
+        extra["metrics"] = {k: v for k, v in results["student"].items()}
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage("evaluate", section, upstream, home, parent_run_id, tracking_cfg, build)

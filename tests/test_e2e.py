@@ -12,7 +12,17 @@ from dskd.artifacts import read_manifest
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["teacher", "lexicon", "annotate", "teacher_cache", "sense_index", "train", "evaluate", "register"]
+STAGES = [
+    "teacher",
+    "lexicon",
+    "annotate",
+    "teacher_cache",
+    "sense_index",
+    "train",
+    "baselines",
+    "evaluate",
+    "register",
+]
 
 
 def tiny_overrides(teacher_dir: Path, home: Path) -> list[str]:
@@ -27,6 +37,8 @@ def tiny_overrides(teacher_dir: Path, home: Path) -> list[str]:
         "train.num_workers=2",
         "train.checkpoint_every=2",
         "train.epochs=1",
+        "eval.tasks={arc_easy: {limit: 4, k_shot: 1}, mmlu: {limit: 3, k_shot: 0}}",
+        "eval.probe_items=6",
         "student.n_layers=2",
         "student.n_trainable_layers=1",
     ]
@@ -73,7 +85,11 @@ def test_stage_contents(flow_runs):
     assert (paths["train"] / "student" / "model.safetensors").is_file()
     metrics = json.loads((paths["evaluate"] / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "student_init", "student"}
-    assert metrics["student"]["heldout_tokens"] == 4 * 31
+    for who in metrics.values():
+        assert who["heldout_tokens"] == 4 * 31
+        assert who["mc.arc_easy.n"] == 4 and who["mc.mmlu.n"] == 3
+        assert 0.0 <= who["mc.arc_easy.acc"] <= 1.0
+        assert who["probe.syn_vs_antonym.n"] == who["probe.syn_vs_unrelated.n"] == 6  # probe_items per kind
 
 
 def test_registered_version_loads_and_generates(flow_runs, tiny_teacher_dir):

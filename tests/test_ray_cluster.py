@@ -43,6 +43,8 @@ def test_pipeline_trains_on_a_two_node_cluster(two_node_cluster, tiny_teacher_di
         "corpus.seq_len=32",
         "train.batch_size=2",
         "train.epochs=1",
+        "eval.tasks={}",
+        "eval.probe_items=0",
         "train.num_workers=2",  # one CPU each: the workers must land on both nodes
         f"train.ray_address={two_node_cluster.address}",
         "student.n_layers=2",
