@@ -32,6 +32,7 @@ SCHEMA_VERSIONS = {
     "baselines": 1,
     "evaluate": 2,
     "register": 1,
+    "compare": 1,
 }
 
 

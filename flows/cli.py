@@ -52,6 +52,31 @@ def run(
     print_summary(summary, time.perf_counter() - t0)
 
 
+@app.command()
+def compare(
+    overrides: list[str] = typer.Argument(None, help="config overrides, key=value"),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: embedded default)"),
+    arms: str = typer.Option("ce,kd,dskd", help="loss modes to compare, comma-separated"),
+    seeds: str = typer.Option("0,1,2", help="seeds per arm, comma-separated"),
+) -> None:
+    """Train ce / kd / dskd students on the same cache and seeds, evaluate all, print mean ± std."""
+    try:
+        cfg = load_config(config, overrides or [])
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err).splitlines()[0])
+    arm_list = [a.strip() for a in arms.split(",") if a.strip()]
+    if not set(arm_list) <= {"ce", "kd", "dskd"}:
+        _fail(f"--arms {arms!r}: each arm must be one of ce, kd, dskd")
+    configure_environment(cfg.home_path, cfg.train.ray_address)
+    from flows.compare import dskd_compare
+
+    t0 = time.perf_counter()
+    summary = dskd_compare(str(config) if config else None, list(overrides or []), arm_list, seed_list)
+    console.print(f"dskd compare ({time.perf_counter() - t0:.1f} s): report in {summary['report']}")
+    console.print((Path(summary["report"]) / "comparison.md").read_text())
+
+
 def print_summary(summary: dict, wall: float) -> None:
     """Stage table, then the registered model."""
     table = Table(title=f"dskd pipeline ({wall:.1f} s)")

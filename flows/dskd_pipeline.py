@@ -69,6 +69,18 @@ STAGES = [
 ]
 
 
+def run_stage_task(
+    stage_task, stage: str, section: dict, upstream: dict[str, str], home: str, tracking_cfg: dict, parent
+) -> dict[str, Any]:
+    """Submit one stage task; returns its result with ``cached`` and wall ``seconds`` (also tagged on the parent)."""
+    t0 = time.perf_counter()
+    state = stage_task(section, upstream, home, tracking_cfg, parent.run_id, return_state=True)
+    result = state.result()
+    cached = state.name == "Cached" or not result["computed"]
+    parent.stage_done(stage, result, cached)
+    return {**result, "cached": cached, "seconds": time.perf_counter() - t0}
+
+
 @flow(name="dskd-pipeline")
 def dskd_pipeline(config_path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run every DSKD stage; unchanged stages are Prefect cache hits and do no work."""
@@ -82,15 +94,10 @@ def dskd_pipeline(config_path: str | None = None, overrides: list[str] | None = 
     rows: list[dict[str, Any]] = []
     with ParentRun(tracking_cfg, home, cfg) as parent:
         for stage, stage_task, needs in STAGES:
-            t0 = time.perf_counter()
-            state = stage_task(
-                sections[stage], {n: keys[n] for n in needs}, home, tracking_cfg, parent.run_id, return_state=True
-            )
-            result = state.result()
-            keys[stage] = result["key"]
-            cached = state.name == "Cached" or not result["computed"]
-            rows.append({**result, "cached": cached, "seconds": time.perf_counter() - t0})
-            parent.stage_done(stage, result, cached)
+            upstream = {n: keys[n] for n in needs}
+            row = run_stage_task(stage_task, stage, sections[stage], upstream, home, tracking_cfg, parent)
+            keys[stage] = row["key"]
+            rows.append(row)
         summary = {"stages": rows, "keys": keys, "mlflow_run_id": parent.run_id}
         parent.finish(summary)
     return summary

@@ -62,7 +62,8 @@ def run_stage(
     t0 = time.perf_counter()
     if is_complete(final):
         return {"stage": stage, "key": key, "path": str(final), "computed": False, "seconds": 0.0}
-    upstream_paths = {name: artifact_dir(home, name, k) for name, k in upstream.items()}
+    # An upstream name is its stage, optionally qualified ("evaluate:kd:0" when several of one stage feed in).
+    upstream_paths = {name: artifact_dir(home, name.split(":")[0], k) for name, k in upstream.items()}
     uri = tracking.tracking_uri(tracking_cfg.get("tracking_uri"), home)
     with tracking.stage_run(uri, tracking_cfg["experiment"], home, parent_run_id, stage, section) as (client, rid):
         client.set_tag(rid, "dskd.key", key)
@@ -72,6 +73,6 @@ def run_stage(
         seconds = time.perf_counter() - t0
         tracking.log_metrics(client, rid, {**extra.get("metrics", {}), "stage_seconds": seconds})
         client.log_artifact(rid, str(final / "manifest.json"))
-        for plot in final.glob("*.png"):
-            client.log_artifact(rid, str(plot))
+        for report in [*final.glob("*.png"), *final.glob("*.md")]:  # what a person would rather look at
+            client.log_artifact(rid, str(report))
     return {"stage": stage, "key": key, "path": str(final), "computed": True, "seconds": seconds}

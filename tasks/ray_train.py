@@ -6,6 +6,8 @@ import hashlib
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,17 @@ def init_ray(address: str | None, num_cpus: int, temp_dir: Path) -> bool:
         runtime_env={"env_vars": RAY_ENV},
     )
     return True
+
+
+@contextmanager
+def ray_session(address: str | None, num_cpus: int, temp_dir: Path) -> Iterator[None]:
+    """Ray initialised for the duration of a block (reused by every train task inside it)."""
+    started = init_ray(address, num_cpus, temp_dir)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def fit(

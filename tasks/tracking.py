@@ -85,7 +85,8 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
 class ParentRun:
     """The flow run's MLflow parent run: full config as params, stage keys/status as tags, summary artifact."""
 
-    def __init__(self, tracking_cfg: dict[str, Any], home: str, cfg) -> None:
+    def __init__(self, tracking_cfg: dict[str, Any], home: str, cfg, run_name: str = "dskd-pipeline") -> None:
+        self.run_name = run_name
         self.uri = tracking_uri(tracking_cfg.get("tracking_uri"), home)
         self.client = client_for(self.uri)
         self.experiment_id = ensure_experiment(self.client, tracking_cfg["experiment"], home)
@@ -93,15 +94,16 @@ class ParentRun:
         self.run_id: str | None = None
 
     def __enter__(self) -> ParentRun:
-        run = self.client.create_run(self.experiment_id, run_name="dskd-pipeline", tags={"dskd.flow": "dskd-pipeline"})
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={"dskd.flow": self.run_name})
         self.run_id = run.info.run_id
         for key, value in flatten(self.cfg.model_dump(mode="json")).items():
             self.client.log_param(self.run_id, key, value)
         return self
 
     def stage_done(self, stage: str, result: dict[str, Any], cached: bool) -> None:
-        self.client.set_tag(self.run_id, f"dskd.{stage}.key", result["key"])
-        self.client.set_tag(self.run_id, f"dskd.{stage}.status", "cached" if cached else "computed")
+        label = stage.replace(":", ".")  # "train:kd:0" -> a valid MLflow tag name
+        self.client.set_tag(self.run_id, f"dskd.{label}.key", result["key"])
+        self.client.set_tag(self.run_id, f"dskd.{label}.status", "cached" if cached else "computed")
 
     def finish(self, summary: dict[str, Any]) -> None:
         self.client.log_dict(self.run_id, summary, "summary.json")

@@ -1,0 +1,55 @@
+"""The comparison report: mean ± std per arm, DSKD step-time overhead over KD, plots — as an artifact + MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from dskd.comparison import markdown_table, plot_loss_curves, plot_metric_bars, summarise
+from tasks.common import run_stage, stage_cache_policy
+
+STAGE = "compare"
+
+
+@task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")
+def compare_report(
+    section: dict[str, Any],
+    upstream: dict[str, str],
+    home: str,
+    tracking_cfg: dict[str, Any],
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Cache key: the arm/seed grid + every arm's train and evaluate keys (upstream "train:<arm>:<seed>", ...)."""
+
+    def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
+        runs, histories, baselines = [], {}, {}
+        for arm in section["arms"]:
+            for seed in section["seeds"]:
+                metrics = json.loads((up[f"evaluate:{arm}:{seed}"] / "metrics.json").read_text())
+                history = json.loads((up[f"train:{arm}:{seed}"] / "history.json").read_text())
+                baselines = {"teacher": metrics["teacher"], "student (untrained)": metrics["student_init"]}
+                steps = [h["step_seconds"] for h in history[1:]] or [h["step_seconds"] for h in history]
+                runs.append(
+                    {"arm": arm, "seed": seed, "metrics": metrics["student"], "step_seconds": sum(steps) / len(steps)}
+                )
+                histories.setdefault(arm, []).append(history)
+        summary = summarise(runs)
+        table = markdown_table(summary, baselines)
+        overhead = None
+        if "dskd" in summary and "kd" in summary:
+            overhead = summary["dskd"]["step_seconds"][0] / summary["kd"]["step_seconds"][0]
+            table += f"\n\nDSKD step time / KD step time (same flow run, mean over seeds): {overhead:.3f}"
+        (tmp / "comparison.md").write_text(table + "\n")
+        (tmp / "comparison.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+        plot_metric_bars(summary, tmp / "metric_bars.png")
+        plot_loss_curves(histories, tmp / "loss_curves.png")
+        extra["metrics"] = {
+            f"{arm}.{k}": v[0] for arm, m in summary.items() for k, v in m.items() if isinstance(v, tuple)
+        }
+        if overhead is not None:
+            extra["metrics"]["dskd_over_kd_step_time"] = overhead
+
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
