@@ -11,6 +11,7 @@ real stage tasks (``task.fn``: the stage body with its artifact + MLflow wrapper
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -180,11 +181,34 @@ def config(args: argparse.Namespace, **extra: Any):
     return load_config(None, overrides(args, **extra), environ={})
 
 
+def _code_digest() -> str:
+    """Hash of the pipeline's source (dskd/, tasks/, flows/): a code change invalidates the stage index below."""
+    digest = hashlib.sha256()
+    for pkg in ("dskd", "tasks", "flows"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            digest.update(path.relative_to(REPO).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def run_stages(cfg, upto: str) -> dict[str, dict[str, Any]]:
     """Run the real stage tasks (``task.fn``) in flow order up to ``upto``; complete artifacts are reused.
 
-    Returns {stage: {"key", "path", "computed", "seconds", "section", "upstream"}}.
+    Returns {stage: {"key", "path", "computed", "seconds", "section", "upstream"}}. A small index in the home
+    remembers the answer for this config + pipeline source, so a later call whose artifacts are all still complete
+    skips importing the flow (prefect, ray, mlflow: ~5 s idle, 15 s on a busy machine) and returns at once.
     """
+    index_path = cfg.home_path / "bench-stage-index.json"
+    index_key = hashlib.sha256(
+        json.dumps([cfg.model_dump(mode="json"), upto, _code_digest()], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    try:
+        known = json.loads(index_path.read_text()).get(index_key)
+    except (OSError, ValueError):
+        known = None
+    if known and all((Path(v["path"]) / "manifest.json").is_file() for v in known.values()):
+        return {stage: {**v, "path": Path(v["path"]), "computed": False} for stage, v in known.items()}
+
     from flows.dskd_pipeline import STAGES, stage_sections
 
     sections = stage_sections(cfg)
@@ -198,8 +222,18 @@ def run_stages(cfg, upto: str) -> dict[str, dict[str, Any]]:
             log(f"stage {stage}: built in {time.perf_counter() - t0:.1f} s -> {result['path']}")
         out[stage] = {**result, "path": Path(result["path"]), "section": sections[stage], "upstream": upstream}
         if stage == upto:
-            return out
-    raise ValueError(f"unknown stage {upto!r}")
+            break
+    else:
+        raise ValueError(f"unknown stage {upto!r}")
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    index[index_key] = {stage: {**v, "path": str(v["path"])} for stage, v in out.items()}
+    tmp = index_path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(index, default=str))
+    os.replace(tmp, index_path)
+    return out
 
 
 def model_dir_of(stages: dict[str, dict[str, Any]]) -> Path:

@@ -45,6 +45,13 @@ def column_bytes(path: Path) -> dict[str, int]:
     return out
 
 
+def flat(table, column: str, dtype):
+    """All values of a list column, concatenated over rows, as one numpy array."""
+    import numpy as np
+
+    return np.asarray(table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+
+
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--heldout-seqs", type=int, default=None, help="held-out sequences for the KL (default 16, tiny 4)")
@@ -117,12 +124,9 @@ def main() -> None:
             z = logits.float().reshape(-1, logits.shape[-1])
             for k in KS:
                 t = tables[k].slice(start, ids.shape[0])
-                top_ids = torch.from_numpy(np.concatenate([np.asarray(v.values) for v in t.column("topk_ids")]))
-                top_ids = top_ids.long().reshape(-1, k)
-                top_z = torch.from_numpy(
-                    np.concatenate([np.asarray(v.values, dtype=np.float64) for v in t.column("topk_logits")])
-                ).reshape(-1, k)
-                lse = torch.from_numpy(np.concatenate([np.asarray(v.values, dtype=np.float64) for v in t.column("lse")]))
+                top_ids = torch.from_numpy(flat(t, "topk_ids", np.int64)).reshape(-1, k)
+                top_z = torch.from_numpy(flat(t, "topk_logits", np.float64)).reshape(-1, k)
+                lse = torch.from_numpy(flat(t, "lse", np.float64))
                 for c0 in range(0, z.shape[0], 256):
                     c1 = min(c0 + 256, z.shape[0])
                     lp = torch.log_softmax(z[c0:c1].double() / T, dim=-1)

@@ -33,6 +33,8 @@ SMALL = {
         "train.epochs": 1,
         "train.max_steps": 2,
         "eval.max_seqs": 4,
+        "eval.tasks": "{arc_easy: {limit: 8, k_shot: 1}}",
+        "eval.probe_items": 10,
     },
     "tiny": {
         "corpus.seq_len": 32,
@@ -47,8 +49,24 @@ SMALL = {
         "train.epochs": 1,
         "train.max_steps": 1,
         "eval.max_seqs": 2,
+        "eval.tasks": "{}",
+        "eval.probe_items": 0,
     },
 }
+
+
+def stage_table(stdout: str) -> dict[str, tuple[str, float | None]]:
+    """{stage: (status, seconds)} from the stage table `dskd run` prints."""
+    out = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) >= 3 and cells[1] in ("cached", "computed"):
+            try:
+                seconds = float(cells[2])
+            except ValueError:
+                seconds = None
+            out[cells[0]] = (cells[1], seconds)
+    return out
 
 
 def main() -> None:
@@ -87,10 +105,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(run_home, ignore_errors=True)
-    second = outputs[1]
-    stage_lines = [ln for ln in second.splitlines() if "cached" in ln or "computed" in ln]
-    recomputed = [ln.split("│")[1].strip() if "│" in ln else ln.strip() for ln in stage_lines if "computed" in ln]
-    print("\n".join(outputs[1].splitlines()[-16:]), file=sys.stderr)
+    tables = [stage_table(out) for out in outputs]
+    recomputed = [stage for stage, (status, _) in tables[1].items() if status != "cached"]
+    for i, out in enumerate(outputs, 1):
+        print(f"--- flow run {i}\n{out}", file=sys.stderr)
     C.result(
         "rerun_ratio",
         walls[1] / walls[0],
@@ -100,8 +118,10 @@ def main() -> None:
             "config": overrides[1:],
             "first_run_s": walls[0],
             "rerun_s": walls[1],
-            "rerun_all_cached": not recomputed and len(stage_lines) >= 8,
+            "rerun_all_cached": not recomputed and len(tables[1]) >= 8,
             "recomputed_stages": recomputed,
+            "first_run_stage_s": {stage: sec for stage, (_, sec) in tables[0].items()},
+            "rerun_stage_s": {stage: sec for stage, (_, sec) in tables[1].items()},
             "import_floor_s": floor,
         },
     )

@@ -123,6 +123,11 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(20, ge=1)
     max_failures: int = Field(1, ge=0)
     ray_address: str | None = Field(None, description="existing Ray cluster; None = local (or RAY_ADDRESS)")
+    storage_path: str | None = Field(
+        None,
+        description="Ray Train checkpoint storage: a local path or a pyarrow.fs URI (s3://bucket/dskd, gs://...); "
+        "multi-node clusters need storage every node reaches; None = $DSKD_HOME/ray_results",
+    )
     seed: int = 0
 
 

@@ -131,7 +131,7 @@ def fit(
         ),
         run_config=RunConfig(
             name=run_name or f"dskd-{uuid.uuid4().hex[:8]}",
-            storage_path=str(storage_path.resolve()),
+            storage_path=train_cfg.get("storage_path") or str(storage_path.resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=train_cfg["max_failures"]),
         ),
