@@ -129,3 +129,44 @@ def test_mlflow_parent_and_nested_runs(flow_runs):
     assert all(r.info.status == "FINISHED" for r in nested)
     parent2 = client.get_run(second["mlflow_run_id"])
     assert all(parent2.data.tags[f"dskd.{s}.status"] == "cached" for s in STAGES)
+
+
+def test_changed_corpus_file_recomputes_only_downstream(flow_runs, tiny_teacher_dir, tmp_path):
+    """Scheduled-retraining semantics: an edited corpus file changes the content hash, so annotate and every
+    stage after it recompute while the teacher and the lexicon stay cached; a new model version is registered."""
+    from dskd.corpus import iter_documents
+    from flows.dskd_pipeline import dskd_pipeline
+
+    home, _, _ = flow_runs
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    docs = list(iter_documents("boolq"))[:80]
+    for i in range(2):
+        (corpus / f"part{i}.txt").write_text("\n\n".join(docs[i * 40 : (i + 1) * 40]))
+    overrides = tiny_overrides(tiny_teacher_dir, home) + [
+        f"corpus.source={corpus}",
+        "corpus.n_train_seqs=8",
+        "corpus.n_heldout_seqs=2",
+        "train.num_workers=1",
+        "train.batch_size=4",
+        "eval.tasks={}",
+        "eval.probe_items=0",
+    ]
+    before = dskd_pipeline(None, overrides)
+    (corpus / "part1.txt").write_text((corpus / "part1.txt").read_text() + "\n\nA new paragraph arrived this week.")
+    after = dskd_pipeline(None, overrides)
+    status = {row["stage"]: row["cached"] for row in after["stages"]}
+    assert status == {
+        "teacher": True,
+        "lexicon": True,
+        "annotate": False,
+        "teacher_cache": False,
+        "sense_index": False,
+        "train": False,
+        "baselines": False,
+        "evaluate": False,
+        "register": False,
+    }
+    assert after["keys"]["annotate"] != before["keys"]["annotate"]
+    versions = [json.loads(p.read_text())["version"] for p in home.glob("artifacts/register/*/registration.json")]
+    assert sorted(versions) == [1, 2, 3]
