@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,22 +40,22 @@ def _cli(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess
 
 
 async def _flow_runs(api: str, deployment: str):
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-    async with get_client() as client:
-        assert client.api_url.host == "127.0.0.1"
+    # An explicit client: earlier tests in this process may have started Prefect's ephemeral server.
+    async with PrefectClient(api) as client:
         return await client.read_flow_runs(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
         )
 
 
-async def _make_due(run_id) -> None:
+async def _make_due(api: str, run_id) -> None:
     """Move a schedule-created run's start time to now, as the clock would on Monday 03:00."""
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import PrefectClient
     from prefect.states import Scheduled
 
-    async with get_client() as client:
+    async with PrefectClient(api) as client:
         await client.set_flow_run_state(run_id, Scheduled(), force=True)
 
 
@@ -78,29 +79,30 @@ def test_deployment_run_and_scheduled_run(tmp_path, tiny_teacher_dir):
         PREFECT_HOME=str(tmp_path / "prefect-client"),
     )
     with prefect_server(tmp_path, env) as api:
-        env["PREFECT_API_URL"] = api
-        os.environ["PREFECT_API_URL"] = api
-        try:
-            _cli([sys.executable, "-m", "flows.cli", "deploy"], env)
-            name = f"{settings.DEPLOYMENT_PIPELINE}/{settings.DEPLOYMENT_PIPELINE}"
-            _cli([sys.executable, "-m", "prefect", "deployment", "run", name], env)
-            _cli([sys.executable, "-m", "flows.cli", "worker", "--run-once"], env, timeout=600)
-            runs = asyncio.run(_flow_runs(api, settings.DEPLOYMENT_PIPELINE))
-            assert [r.state.type.value for r in runs] == ["COMPLETED"], [r.state for r in runs]
+        env["PREFECT_API_URL"] = api  # for the CLI subprocesses only; this process keeps its own settings
+        _cli([sys.executable, "-m", "flows.cli", "deploy"], env)
+        name = f"{settings.DEPLOYMENT_PIPELINE}/{settings.DEPLOYMENT_PIPELINE}"
+        _cli([sys.executable, "-m", "prefect", "deployment", "run", name], env)
+        _cli([sys.executable, "-m", "flows.cli", "worker", "--run-once"], env, timeout=600)
+        runs = asyncio.run(_flow_runs(api, settings.DEPLOYMENT_PIPELINE))
+        assert [r.state.type.value for r in runs] == ["COMPLETED"], [r.state for r in runs]
 
-            registrations = sorted(home.glob("artifacts/register/*/registration.json"))
-            assert len(registrations) == 1
-            assert json.loads(registrations[0].read_text())["version"] == 1
+        registrations = sorted(home.glob("artifacts/register/*/registration.json"))
+        assert len(registrations) == 1
+        assert json.loads(registrations[0].read_text())["version"] == 1
 
-            # The scheduler has created the weekly retrain runs; make the first one due and let the worker run it.
+        # The scheduler has created the weekly retrain runs; make the first one due and let the worker run it.
+        scheduled = []
+        for _ in range(60):  # the scheduler service loops every 2 s; allow for a busy machine
             scheduled = asyncio.run(_flow_runs(api, settings.DEPLOYMENT_RETRAIN))
-            assert scheduled and all(r.auto_scheduled for r in scheduled)
-            first = min(scheduled, key=lambda r: r.expected_start_time)
-            asyncio.run(_make_due(first.id))
-            _cli([sys.executable, "-m", "flows.cli", "worker", "--run-once"], env, timeout=600)
-            done = [r for r in asyncio.run(_flow_runs(api, settings.DEPLOYMENT_RETRAIN)) if r.id == first.id]
-            assert done[0].state.type.value == "COMPLETED", done[0].state
-            # Unchanged inputs: every stage a cache hit, no new model version.
-            assert len(sorted(home.glob("artifacts/register/*/registration.json"))) == 1
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+            if scheduled:
+                break
+            time.sleep(2)
+        assert scheduled and all(r.auto_scheduled for r in scheduled)
+        first = min(scheduled, key=lambda r: r.expected_start_time)
+        asyncio.run(_make_due(api, first.id))
+        _cli([sys.executable, "-m", "flows.cli", "worker", "--run-once"], env, timeout=600)
+        done = [r for r in asyncio.run(_flow_runs(api, settings.DEPLOYMENT_RETRAIN)) if r.id == first.id]
+        assert done[0].state.type.value == "COMPLETED", done[0].state
+        # Unchanged inputs: every stage a cache hit, no new model version.
+        assert len(sorted(home.glob("artifacts/register/*/registration.json"))) == 1

@@ -26,6 +26,16 @@ FULL = {"arc_easy": 570, "arc_challenge": 299, "commonsense_qa": 1221, "piqa": 1
 N_CHOICES = {"arc_easy": {3, 4, 5}, "arc_challenge": {3, 4, 5}, "commonsense_qa": {5}, "piqa": {2}, "mmlu": {4}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny model's ops are far too small to gain from intra-op threads, and on a shared, oversubscribed
+    2-core box two OpenMP threads made the scoring tests ~30x slower (6-9 s instead of 0.2 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _key(item: MCItem) -> tuple:
     return (item.context, item.question, tuple(item.choices))
 
