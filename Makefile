@@ -35,6 +35,7 @@ lint: bootstrap
 	$(BIN)/ruff check .
 
 bench: bootstrap
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:

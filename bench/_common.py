@@ -199,11 +199,14 @@ def run_stages(cfg, upto: str) -> dict[str, dict[str, Any]]:
     skips importing the flow (prefect, ray, mlflow: ~5 s idle, 15 s on a busy machine) and returns at once.
     """
     index_path = cfg.home_path / "bench-stage-index.json"
-    index_key = hashlib.sha256(
-        json.dumps([cfg.model_dump(mode="json"), upto, _code_digest()], sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
+    code = _code_digest()
+
+    def index_key(stage: str) -> str:
+        blob = json.dumps([cfg.model_dump(mode="json"), stage, code], sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
     try:
-        known = json.loads(index_path.read_text()).get(index_key)
+        known = json.loads(index_path.read_text()).get(index_key(upto))
     except (OSError, ValueError):
         known = None
     if known and all((Path(v["path"]) / "manifest.json").is_file() for v in known.values()):
@@ -229,7 +232,9 @@ def run_stages(cfg, upto: str) -> dict[str, dict[str, Any]]:
         index = json.loads(index_path.read_text())
     except (OSError, ValueError):
         index = {}
-    index[index_key] = {stage: {**v, "path": str(v["path"])} for stage, v in out.items()}
+    done = [(stage, {**v, "path": str(v["path"])}) for stage, v in out.items()]
+    for i, (stage, _) in enumerate(done):  # every prefix: a later call for an earlier stage hits too
+        index[index_key(stage)] = dict(done[: i + 1])
     tmp = index_path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps(index, default=str))
     os.replace(tmp, index_path)
@@ -306,8 +311,19 @@ class Trainer:
 
         cfg = {**self.train_cfg, "loss": loss}
         self.n = _train_step(
-            self.model, self.optimizer, self.scheduler, None, batch, self.senses if loss == "dskd" else None,
-            cfg, self.job, self.ctx, self.n, 0, 10**9, [],
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            None,
+            batch,
+            self.senses if loss == "dskd" else None,
+            cfg,
+            self.job,
+            self.ctx,
+            self.n,
+            0,
+            10**9,
+            [],
         )
 
 
@@ -338,6 +354,13 @@ def median(xs: list[float]) -> float:
 def short_tmp(tag: str) -> Path:
     """A short private temp dir (AF_UNIX socket paths under it stay below the 107-byte limit)."""
     return Path(tempfile.mkdtemp(prefix=f"db{tag[:2]}-", dir="/tmp"))
+
+
+def leaked_checkpoints(tmp: Path) -> dict[str, Any]:
+    """Checkpoint scratch dirs the training left behind in ``tmp`` (tasks.ray_train.RayWorkerContext.scratch_dir)."""
+    dirs = list(tmp.rglob("dskd-ckpt-*"))
+    size = sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
+    return {"leaked_checkpoint_dirs": len(dirs), "leaked_checkpoint_bytes": size}
 
 
 def machine() -> dict[str, Any]:

@@ -9,10 +9,12 @@ details give the stage's own growth (peak minus the RSS just before the stage st
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import _common as C
 
@@ -32,12 +34,15 @@ def child(args) -> None:
     before = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
     res = cache_teacher_outputs.fn(
-        {**cfg.cache.model_dump(), "bench_nonce": uuid.uuid4().hex}, upstream, str(cfg.home_path),
-        cfg.tracking.model_dump(), None,
+        {**cfg.cache.model_dump(), "bench_nonce": uuid.uuid4().hex},
+        upstream,
+        str(cfg.home_path),
+        cfg.tracking.model_dump(),
+        None,
     )
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    manifest = json.loads((C.Path(res["path"]) / "manifest.json").read_text())
+    manifest = json.loads((Path(res["path"]) / "manifest.json").read_text())
     shutil.rmtree(res["path"], ignore_errors=True)
     out = {"seqs": args.seqs, "rss_before_stage": before, "peak_rss": peak, "seconds": seconds, **manifest["metrics"]}
     print("CHILD " + json.dumps(out), flush=True)
@@ -68,7 +73,7 @@ def run_child(args, seqs: int) -> dict:
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--seqs", type=int, default=None, help="sequences at 1x (default 32, tiny 4)")
-    p.add_argument("--child", action="store_true", help=argparse_suppress())
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     C.setup(args)
     args.seqs = args.seqs or (4 if args.tiny else 32)
@@ -100,12 +105,6 @@ def main() -> None:
             "stage_seconds": [one["seconds"], ten["seconds"]],
         },
     )
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

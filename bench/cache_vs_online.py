@@ -95,8 +95,16 @@ def main() -> None:
                 flags.append(np.concatenate([np.ones(len(full), bool), np.zeros(len(posonly), bool)]))
                 owner.append(np.full(len(entries), b))
             pos_rows, neg_rows = select_candidates(
-                table, np.concatenate(q), np.concatenate(nxt), np.concatenate(flags), lex, kappa=kappa,
-                max_related=sen.max_related, self_in_both_pools=sen.self_in_both_pools, seed=sen.seed, use_gpu=False,
+                table,
+                np.concatenate(q),
+                np.concatenate(nxt),
+                np.concatenate(flags),
+                lex,
+                kappa=kappa,
+                max_related=sen.max_related,
+                self_in_both_pools=sen.self_in_both_pools,
+                seed=sen.seed,
+                use_gpu=False,
             )
             own, flag = np.concatenate(owner), np.concatenate(flags)
             rows = [

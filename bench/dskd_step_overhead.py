@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import _common as C
 
@@ -46,7 +47,7 @@ def main() -> None:
     stages = C.run_stages(cfg, "sense_index")
     torch.set_num_threads(cfg.train.threads_per_worker)
     scratch = tempfile.mkdtemp(prefix="step-", dir=args.home)
-    trainer = C.Trainer(cfg, stages, C.Path(scratch))
+    trainer = C.Trainer(cfg, stages, Path(scratch))
     sen, kappa, B = cfg.senses, cfg.senses.kappa, cfg.train.batch_size
     table = SenseTable.load(stages["sense_index"]["path"] / "senses.safetensors")
     lex = read_lexicon(stages["lexicon"]["path"])
@@ -79,15 +80,28 @@ def main() -> None:
             flags.append(np.concatenate([np.ones(len(full[b]), bool), np.zeros(len(posonly[b]), bool)]))
             owner.append(np.full(len(entries), b))
         pos_rows, neg_rows = select_candidates(
-            table, np.concatenate(q), np.concatenate(nxt), np.concatenate(flags), lex, kappa=kappa,
-            max_related=sen.max_related, self_in_both_pools=sen.self_in_both_pools, seed=sen.seed, use_gpu=False,
+            table,
+            np.concatenate(q),
+            np.concatenate(nxt),
+            np.concatenate(flags),
+            lex,
+            kappa=kappa,
+            max_related=sen.max_related,
+            self_in_both_pools=sen.self_in_both_pools,
+            seed=sen.seed,
+            use_gpu=False,
         )
         own = np.concatenate(owner)
         out = [
             TrainRow(
-                input_ids=r.input_ids, topk_ids=r.topk_ids, topk_logits=r.topk_logits, lse=r.lse,
-                sense_positions=np.concatenate([full[b], posonly[b]]), full=np.concatenate(flags)[own == b],
-                pos_rows=pos_rows[own == b], neg_rows=neg_rows[own == b],
+                input_ids=r.input_ids,
+                topk_ids=r.topk_ids,
+                topk_logits=r.topk_logits,
+                lse=r.lse,
+                sense_positions=np.concatenate([full[b], posonly[b]]),
+                full=np.concatenate(flags)[own == b],
+                pos_rows=pos_rows[own == b],
+                neg_rows=neg_rows[own == b],
             )
             for b, r in enumerate(rows)
         ]

@@ -20,6 +20,7 @@ ids + rest) and is blind to how the rest mass is spread, i.e. it treats the teac
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -67,7 +68,6 @@ def main() -> None:
     from dskd.senses import Reservoir
     from dskd.teacher import final_hidden_and_logits, load_causal_lm, resolve_compute_dtype, resolve_device
     from dskd.teacher_cache import cache_shard
-    from tasks.cache_teacher_outputs import expected_capture
 
     cfg = C.config(args)
     stages = C.run_stages(cfg, "teacher_cache")
@@ -89,12 +89,16 @@ def main() -> None:
     device = resolve_device(section["device"])
     dtype = resolve_compute_dtype(section["compute_dtype"], device)
     model = load_causal_lm(model_dir, dtype=dtype, device=device)
-    capture0 = expected_capture(stages["teacher"]["key"], model_dir, section)
+    # The capture the stage recorded (tasks.cache_teacher_outputs.expected_capture + compute dtype/device).
+    recorded = json.loads((cache_dir / "capture.json").read_text())
+    capture0 = {k: v for k, v in recorded.items() if k not in ("compute_dtype", "device")}
     vocab, dim = capture0["vocab_size"], capture0["hidden_size"]
     tmp = Path(tempfile.mkdtemp(prefix="logit-bytes-", dir=args.home))
     empty = np.zeros(0, np.int32)
-    rows = [{"seq_id": i, "input_ids": s.astype(np.int32), "full_positions": empty, "posonly_positions": empty}
-            for i, s in enumerate(held)]
+    rows = [
+        {"seq_id": i, "input_ids": s.astype(np.int32), "full_positions": empty, "posonly_positions": empty}
+        for i, s in enumerate(held)
+    ]
     write_shards(rows, TRAIN_SCHEMA, tmp / "ann", "train", len(rows))
     ann = tmp / "ann" / "train-00000.parquet"
     per_k: dict[int, dict] = {}

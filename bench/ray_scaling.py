@@ -40,11 +40,11 @@ def make_loop(stamp_file: str):
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=None, help="(1 worker, 2 workers) pairs (default 2, tiny 1)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per run after 1 warm-up (default 3, tiny 2)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run after 1 warm-up (default 3, tiny 1)")
     args = p.parse_args()
     C.setup(args)
     rounds = args.rounds or (1 if args.tiny else 2)
-    steps = args.steps or (2 if args.tiny else 3)
+    steps = args.steps or (1 if args.tiny else 3)
     warmup = 1
     # A short private TMPDIR for Ray's sockets and for the workers' checkpoint scratch dirs (removed at the end).
     tmp = C.short_tmp("ray")
@@ -73,6 +73,7 @@ def main() -> None:
     storage = args.home / "ray_results"
     started = rt.init_ray(None, 2, args.home / "ray")
     runs: dict[int, list[float]] = {1: [], 2: []}
+    leaked: dict = {}
     try:
         for r in range(rounds):
             for workers in (1, 2) if r % 2 == 0 else (2, 1):
@@ -100,6 +101,7 @@ def main() -> None:
     finally:
         if started:
             ray.shutdown()
+        leaked = C.leaked_checkpoints(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     t1, t2 = C.median(runs[1]), C.median(runs[2])
     C.result(
@@ -118,6 +120,7 @@ def main() -> None:
             "student_layers": cfg.student.n_layers,
             "trainable_layers": cfg.student.n_trainable_layers,
             "threads_per_worker": 1,
+            **leaked,
         },
     )
 

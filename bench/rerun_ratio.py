@@ -85,6 +85,7 @@ def main() -> None:
     dskd = Path(sys.executable).parent / "dskd"
     cmd = [str(dskd), "run", *overrides]
     walls, outputs = [], []
+    leaked: dict = {}
     try:
         for i in (1, 2):
             C.log(f"flow run {i}: {' '.join(cmd[1:])}")
@@ -102,6 +103,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", "import flows.dskd_pipeline"], env=env, check=True, cwd=C.REPO)
             floor = time.perf_counter() - t0
     finally:
+        leaked = C.leaked_checkpoints(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(run_home, ignore_errors=True)
@@ -123,6 +125,7 @@ def main() -> None:
             "first_run_stage_s": {stage: sec for stage, (_, sec) in tables[0].items()},
             "rerun_stage_s": {stage: sec for stage, (_, sec) in tables[1].items()},
             "import_floor_s": floor,
+            **leaked,
         },
     )
 

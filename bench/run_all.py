@@ -87,8 +87,11 @@ def main() -> int:
             print(f"    FAILED (exit {code}, log {log_path})", flush=True)
         rows.append({"script": name, "exit": code, "seconds": seconds, "result": res, "details": details})
         if res:
-            print(f"    {res['measure']} = {res['value']:.4g} (target {res['op']}{res['target']:g}) "
-                  f"{'pass' if res['passed'] else 'FAIL'} in {seconds:.0f} s", flush=True)
+            print(
+                f"    {res['measure']} = {res['value']:.4g} (target {res['op']}{res['target']:g}) "
+                f"{'pass' if res['passed'] else 'FAIL'} in {seconds:.0f} s",
+                flush=True,
+            )
     total = time.perf_counter() - t_all
     header = f"{'measure':<28} {'figure':>10} {'target':>8}  {'pass/fail':<9} {'seconds':>7}"
     print("\n" + header + "\n" + "-" * len(header))

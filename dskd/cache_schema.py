@@ -6,7 +6,8 @@ One row per sequence. Flattened fixed-size lists keep the files compact and stre
   lse          [L]    float32   logsumexp(z / T) over the FULL vocab: p_i = exp(z_i/T - lse) exactly
   sense_positions [n] int32     positions whose final hidden state is kept (full ∪ positive-only)
   sense_hidden [n*d]  float16   the teacher's final hidden states at those positions
-Bytes per token for logits: k*(2+2)+4 (k=20: 84 B/token).
+Bytes per token for logits, raw: k*(2+2)+4 with uint16 ids (k=20: 84 B/token; zstd on disk: ~80), k*(4+2)+4 with
+int32 ids for vocabularies over 65,535 such as Llama-3's (k=20: 124 B raw).
 """
 
 from __future__ import annotations

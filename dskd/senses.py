@@ -15,6 +15,7 @@ safetensors (the reference pickles a dict of tensors; pickle is banned here, see
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,3 +343,18 @@ def compose_virtual_senses(
     )
     vectors = np.concatenate([base, *span_senses], axis=0) if span_senses else base.copy()
     return SenseTable(vectors=vectors, offsets=_offsets_from_counts(counts))
+
+
+@contextmanager
+def faiss_single_thread() -> Iterator[None]:
+    """One OpenMP thread for faiss during thousands of tiny per-token problems.
+
+    Thread start-up dominates problems of ≤ 50 vectors: measured 2.8x (idle) to 80x (busy 2-core box) faster on
+    one thread (bench/README.md). The previous thread count is restored afterwards.
+    """
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -16,7 +16,7 @@ from dskd.cache_schema import CANDIDATES_SCHEMA
 from dskd.candidates import select_candidates
 from dskd.lexicon.token_map import read_lexicon
 from dskd.plots import senses_histogram
-from dskd.senses import build_sense_table, compose_virtual_senses
+from dskd.senses import build_sense_table, compose_virtual_senses, faiss_single_thread
 from dskd.teacher_cache import read_reservoir
 from tasks.common import run_stage, stage_cache_policy
 
@@ -86,6 +86,10 @@ def build_sense_index(
         capture = json.loads((up["teacher_cache"] / "capture.json").read_text())
         dim, vocab = capture["hidden_size"], capture["vocab_size"]
         lex = read_lexicon(up["lexicon"])
+        with faiss_single_thread():
+            _build(tmp, extra, up, lex, dim, vocab, use_gpu)
+
+    def _build(tmp: Path, extra: dict, up: dict[str, Path], lex, dim: int, vocab: int, use_gpu) -> None:
         table = build_sense_table(
             read_reservoir(up["teacher_cache"] / "reservoir.parquet", dim),
             n_ids=vocab,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from prefect import task
 from tqdm import tqdm
@@ -49,7 +50,8 @@ def cache_teacher_outputs(
         dtype = resolve_compute_dtype(section["compute_dtype"], device)
         capture = expected_capture(upstream["teacher"], model_dir, section)
         model = load_causal_lm(model_dir, dtype=dtype, device=device)
-        reservoir = Reservoir(cap=section["reservoir_per_token"], dim=capture["hidden_size"], seed=0)
+        # float16 in RAM, as on disk: the reservoir is bounded only by V x cap x d.
+        reservoir = Reservoir(cap=section["reservoir_per_token"], dim=capture["hidden_size"], seed=0, dtype=np.float16)
         shards = sorted((up["annotate"] / "train").glob("*.parquet"))
         (tmp / "shards").mkdir()
         total_tokens = json.loads((up["annotate"] / "manifest.json").read_text())["metrics"]["train_tokens"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -44,6 +45,12 @@ class RayWorkerContext:
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir is not None:
+            # report() has persisted it to the run's storage_path: the local scratch copy is dead weight.
+            shutil.rmtree(
+                checkpoint_dir.parent if checkpoint_dir.parent.name.startswith("dskd-ckpt-") else checkpoint_dir,
+                ignore_errors=True,
+            )
 
     def checkpoint_dir(self) -> Path | None:
         checkpoint = ray.train.get_checkpoint()
