@@ -248,11 +248,11 @@ def _train_step(model, optimizer, scheduler, projection, batch, senses, cfg, job
         ctx.log_metrics(metrics, step)
         history.append({**metrics, "step": step})
     checkpoint = None
-    if step % cfg["checkpoint_every"] == 0 and step < total:
+    if step % cfg["checkpoint_every"] == 0 and step < total and ctx.rank == 0:
+        # Rank 0 alone writes checkpoints (trainable weights + optimizer moments); every rank reports.
         checkpoint = ctx.scratch_dir() / f"ckpt-{step}"
-        if ctx.rank == 0:
-            _save_checkpoint(checkpoint, model, optimizer, projection, step, epoch)
-    ctx.report({**metrics, "step": step}, checkpoint if ctx.rank == 0 else None)
+        _save_checkpoint(checkpoint, model, optimizer, projection, step, epoch)
+    ctx.report({**metrics, "step": step}, checkpoint)
     return step
 
 
