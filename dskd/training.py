@@ -183,55 +183,32 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
     for epoch in range(start_epoch, cfg["epochs"]):
         rows = iter_rows(paths, ctx.rank, ctx.world_size, job.kappa, epoch_seed=cfg["seed"] * 1000 + epoch)
         skip = step - epoch * steps_per_epoch  # batches already done in this epoch (resume)
-        batch_rows: list = []
-        batch_index = 0
-        for row in rows:
-            batch_rows.append(row)
-            if len(batch_rows) < cfg["batch_size"]:
+        for index, batch_rows in enumerate(_batches(rows, cfg["batch_size"])):
+            if index < skip:
                 continue
-            batch_index += 1
-            if batch_index <= skip:
-                batch_rows = []
-                continue
+            batch = collate(batch_rows).to(ctx.device)
             step = _train_step(
-                model,
-                optimizer,
-                scheduler,
-                projection,
-                collate(batch_rows).to(ctx.device),
-                senses,
-                cfg,
-                job,
-                ctx,
-                step,
-                epoch,
-                total_steps,
-                history,
+                model, optimizer, scheduler, projection, batch, senses, cfg, job, ctx, step, epoch, total_steps, history
             )
-            batch_rows = []
             if on_step is not None:
                 on_step(step)
             if step >= total_steps:
                 break
-        if batch_rows and step < total_steps and batch_index + 1 > skip:
-            step = _train_step(
-                model,
-                optimizer,
-                scheduler,
-                projection,
-                collate(batch_rows).to(ctx.device),
-                senses,
-                cfg,
-                job,
-                ctx,
-                step,
-                epoch,
-                total_steps,
-                history,
-            )
         if step >= total_steps:
             break
     _finish(model, projection, ctx, step, history)
+
+
+def _batches(rows, batch_size: int):
+    """Consecutive lists of ``batch_size`` rows; the last one may be shorter."""
+    batch: list = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _train_step(model, optimizer, scheduler, projection, batch, senses, cfg, job, ctx, step, epoch, total, history):
