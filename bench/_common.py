@@ -129,10 +129,9 @@ def tiny_teacher(home: Path) -> Path:
     """A random-init 4-layer Llama (d=64) with the real SmolLM2 tokenizer (vocab 49152), as tests/conftest.py."""
 
     def build(tmp: Path) -> None:
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+        from transformers import AutoTokenizer
 
-        from dskd.teacher import gguf_source
+        from dskd.teacher import gguf_source, save_tiny_llama
 
         real = home / "teachers" / "smollm2"
         if (real / "tokenizer.json").is_file():
@@ -140,21 +139,7 @@ def tiny_teacher(home: Path) -> Path:
         else:
             gguf = gguf_source(GGUF_PACKAGE, GGUF_FILE)
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        torch.manual_seed(0)
-        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_tiny_llama(tok, tmp)
 
     return _atomic_dir(home / "teachers" / "tiny", build)
 

@@ -68,7 +68,7 @@ def _candidates_for_shard(cache_path: Path, ann_path: Path, table, lex, section:
                 "neg_rows": neg_rows[sel].reshape(-1).astype(np.int32),
             }
         )
-    return pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA), int(sel.size), pos_rows, neg_rows
+    return pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA), pos_rows, neg_rows
 
 
 @task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")
@@ -111,7 +111,7 @@ def build_sense_index(
         cache_shards = sorted((up["teacher_cache"] / "shards").glob("*.parquet"))
         n_entries = n_full_with_neg = n_pos = 0
         for ann_path, cache_path in zip(ann_shards, cache_shards, strict=True):
-            out, n, pos_rows, neg_rows = _candidates_for_shard(cache_path, ann_path, table, lex, section, dim, use_gpu)
+            out, pos_rows, neg_rows = _candidates_for_shard(cache_path, ann_path, table, lex, section, dim, use_gpu)
             pq.write_table(out, tmp / "candidates" / cache_path.name.replace("cache-", "cand-"), compression="zstd")
             n_entries += len(pos_rows)
             n_pos += int((pos_rows >= 0).any(1).sum())

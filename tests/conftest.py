@@ -38,24 +38,6 @@ def smollm_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(smollm_tokenizer, tmp_path_factory) -> Path:
     """A random-init 4-layer Llama with the real SmolLM2 tokenizer, saved as a local HF dir (safetensors)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from dskd.teacher import save_tiny_llama
 
-    out = tmp_path_factory.mktemp("tiny_teacher")
-    config = LlamaConfig(
-        vocab_size=len(smollm_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=smollm_tokenizer.bos_token_id,
-        eos_token_id=smollm_tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    smollm_tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_llama(smollm_tokenizer, tmp_path_factory.mktemp("tiny_teacher"))
