@@ -54,6 +54,11 @@ class LexiconConfig(Section):
     )
     max_tail_tokens: int = Field(3, ge=1, le=3)
     min_head_chars: int = Field(3, ge=1)
+    exclude_probe_words: bool = Field(
+        True,
+        description="drop every pair touching a lexical-probe held-out word (either side), so the probe measures "
+        "generalisation, not memorised pairs",
+    )
 
 
 class TeacherConfig(Section):
@@ -114,7 +119,7 @@ class TrainConfig(Section):
     )
     weight_decay: float = 1e-3
     warmup_frac: float = Field(0.1, ge=0, le=1)
-    epochs: int = Field(3, ge=1, description="paper: 2")
+    epochs: int = Field(2, ge=1, description="passes over the cached corpus (paper: 2)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     batch_size: int = Field(4, ge=1, description="sequences per worker per step")
     num_workers: int = Field(2, ge=1)

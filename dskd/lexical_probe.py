@@ -31,7 +31,15 @@ from dskd.benchmarks import MCItem
 from dskd.lexicon.wordnet import wordnet_pairs
 from dskd.mc_eval import score_task
 
-__all__ = ["HELDOUT_MODULUS", "PROBE_KINDS", "TEMPLATE", "build_probe_items", "is_heldout_word", "score_probe"]
+__all__ = [
+    "HELDOUT_MODULUS",
+    "PROBE_KINDS",
+    "TEMPLATE",
+    "build_probe_items",
+    "drop_heldout_pairs",
+    "is_heldout_word",
+    "score_probe",
+]
 
 HELDOUT_MODULUS = 5
 TEMPLATE = 'The word "{word}" means almost the same as the word'
@@ -44,6 +52,12 @@ def is_heldout_word(word: str) -> bool:
     """True for the ~1/5 of words (lowercased, stripped) whose sha1 is 0 mod 5: probe heads, kept out of training."""
     digest = hashlib.sha1(word.strip().lower().encode("utf-8")).hexdigest()
     return int(digest, 16) % HELDOUT_MODULUS == 0
+
+
+def drop_heldout_pairs(pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """``pairs`` without any pair that has a held-out word on either side (pairs are symmetric, so a pair
+    (kind, glad) would teach the probe item for "glad" just as (glad, kind) would)."""
+    return {(a, b) for a, b in pairs if not (is_heldout_word(a) or is_heldout_word(b))}
 
 
 def _neighbours(pairs: set[tuple[str, str]]) -> dict[str, set[str]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import task
 
+from dskd.lexical_probe import drop_heldout_pairs
 from dskd.lexicon.polarity import fix_polarity
 from dskd.lexicon.token_map import build_token_lexicon, write_lexicon
 from dskd.lexicon.types import ANTONYM, SYNONYM
@@ -47,6 +48,9 @@ def build_lexicon(
                 s, a = fix_polarity(s, a)
             syn |= s
             ant |= a
+        n_syn, n_ant = len(syn), len(ant)
+        if section["exclude_probe_words"]:
+            syn, ant = drop_heldout_pairs(syn), drop_heldout_pairs(ant)
         tokenizer = load_tokenizer(teacher_dir(up["teacher"]))
         lex = build_token_lexicon(
             syn, ant, tokenizer, max_tail_tokens=section["max_tail_tokens"], min_head_chars=section["min_head_chars"]
@@ -55,6 +59,7 @@ def build_lexicon(
         extra["metrics"] = {
             "word_pairs_syn": len(syn),
             "word_pairs_ant": len(ant),
+            "word_pairs_dropped_probe_heldout": n_syn + n_ant - len(syn) - len(ant),
             "token_pairs_syn": int((lex.relation == SYNONYM).sum()),
             "token_pairs_ant": int((lex.relation == ANTONYM).sum()),
             "head_tokens": int(lex.has_entries().sum()),

@@ -283,6 +283,22 @@ def test_probe_items(wordnet, smollm_tokenizer, tiny_model):
     assert set(res) == {"syn_vs_antonym", "syn_vs_unrelated"} and all(r["n"] == 3 for r in res.values())
 
 
+def test_training_lexicon_without_heldout_words_cannot_teach_the_probe(wordnet, smollm_tokenizer):
+    from dskd.lexical_probe import drop_heldout_pairs
+    from dskd.lexicon.wordnet import wordnet_pairs
+
+    # Hand case: any pair with a held-out word on either side goes, the rest stays.
+    kept = next(w for w in ("alpha", "beta", "gamma", "delta") if not is_heldout_word(w))
+    gone = next(w for w in (f"w{i}" for i in range(100)) if is_heldout_word(w))
+    assert drop_heldout_pairs({(kept, gone), (gone, kept), (kept, kept)}) == {(kept, kept)}
+    syn, ant = wordnet_pairs(wordnet, include_similar=True)
+    train_words = {w for pair in drop_heldout_pairs(syn) | drop_heldout_pairs(ant) for w in pair}
+    items = build_probe_items(wordnet, smollm_tokenizer, n_items=40, seed=3)
+    heads = {it.question.split('"')[1] for it in items}
+    assert heads and not heads & train_words  # no probe head word reaches the training lexicon
+    assert len(drop_heldout_pairs(syn)) > 0.5 * len(syn)  # ~(4/5)^2 of pairs survive
+
+
 def test_license_table_mentions_unshipped_squad():
     assert "not shipped" in TASK_LICENSES["squad_v2"]
     assert not list(Path(hf_datasets_dir()).glob("*squad*"))
