@@ -90,7 +90,7 @@ def main() -> None:
                 rt.train_loop_per_worker = make_loop(str(stamp_file))
                 name = f"bench-{uuid.uuid4().hex[:8]}"
                 t0 = time.perf_counter()
-                rt.fit(job, train_cfg, storage, None, None, run_name=name)
+                rt.fit(job, train_cfg, str(storage.resolve()), None, None, run_name=name)
                 wall = time.perf_counter() - t0
                 shutil.rmtree(storage / name, ignore_errors=True)
                 stamps = json.loads(stamp_file.read_text())

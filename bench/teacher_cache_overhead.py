@@ -4,8 +4,8 @@ Side by side, interleaved: (a) the real stage task ``cache_teacher_outputs.fn`` 
 (model load, tokenizer hash, teacher pass with top-k + logsumexp + hidden states, reservoir, Parquet writes, the
 manifest's sha256s and its MLflow run; a fresh artifact key per repeat, deleted afterwards), and (b) a bare
 ``model(input_ids).logits`` loop over the same batches with the same dtype and batch size on an already loaded
-teacher. The stage's own loop (``cache_shard`` + ``write_reservoir``) is timed inside the task by wrapping those
-two functions, so the details split the ratio into per-batch overhead and fixed (per-run) overhead.
+teacher. The stage's own loop (``cache_shard_and_sample`` + ``write_reservoir``) is timed inside the task by
+wrapping those two functions, so the details split the ratio into per-batch overhead and fixed (per-run) overhead.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
 
     # Wrap the stage's two per-token functions to split the stage's time (the wrapped functions run unchanged).
     inner: dict[str, float] = {"loop": 0.0}
-    real_cache_shard, real_write_reservoir = stage_mod.cache_shard, stage_mod.write_reservoir
+    real_cache_shard, real_write_reservoir = stage_mod.cache_shard_and_sample, stage_mod.write_reservoir
 
     def timed(fn):
         def wrapper(*a, **kw):
@@ -68,7 +68,7 @@ def main() -> None:
 
         return wrapper
 
-    stage_mod.cache_shard, stage_mod.write_reservoir = timed(real_cache_shard), timed(real_write_reservoir)
+    stage_mod.cache_shard_and_sample, stage_mod.write_reservoir = timed(real_cache_shard), timed(real_write_reservoir)
     loops: list[float] = []
     home, tracking_cfg = str(cfg.home_path), cfg.tracking.model_dump()
     upstream = {"teacher": stages["teacher"]["key"], "annotate": stages["annotate"]["key"]}

@@ -26,7 +26,7 @@ SCHEMA_VERSIONS = {
     "teacher": 1,
     "lexicon": 1,
     "annotate": 1,
-    "teacher_cache": 1,
+    "teacher_cache": 2,  # 2: reservoir rows carry n_seen (per-shard reservoirs are merged)
     "sense_index": 1,
     "train": 1,
     "baselines": 1,
@@ -73,6 +73,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def move_into_place(tmp: Path, final: Path) -> None:
+    """Rename a finished temp dir to ``final``; when someone finished the same key first (same inputs, so same
+    content), keep theirs and drop ours."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not is_complete(final):
+            raise
+        shutil.rmtree(tmp)
+
+
 @contextmanager
 def write_artifact(
     home: str | Path,
@@ -114,11 +125,7 @@ def write_artifact(
             **extra,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        if final.exists():
-            # Someone finished the same key first (same inputs => same content): keep theirs.
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
+        move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -41,7 +41,15 @@ def teacher_cache_schema(vocab_size: int, capture: dict[str, Any]) -> pa.Schema:
     )
 
 
-RESERVOIR_SCHEMA = pa.schema([("token_id", pa.int64()), ("count", pa.int32()), ("vectors", pa.list_(pa.float16()))])
+# count = vectors kept (min(n_seen, cap)); n_seen = vectors offered, the weight when reservoirs are merged.
+RESERVOIR_SCHEMA = pa.schema(
+    [
+        ("token_id", pa.int64()),
+        ("count", pa.int32()),
+        ("n_seen", pa.int64()),
+        ("vectors", pa.list_(pa.float16())),
+    ]
+)
 
 CANDIDATES_SCHEMA = pa.schema(
     [

@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -78,6 +79,20 @@ class CacheConfig(Section):
         "auto", description="teacher forward dtype: auto = bf16/fp16 on GPU, fp32 on CPU"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(
+        1,
+        ge=1,
+        description="teacher replicas over Ray, one shard at a time each (1 = in-process, no Ray); "
+        "the cache is identical for any count, so it is not part of the cache key",
+    )
+    threads_per_worker: int = Field(1, ge=1, description="CPU threads (and Ray CPUs) per teacher replica")
+
+    # How the pass is spread over machines, not what it computes: kept out of artifact keys.
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"num_workers", "threads_per_worker"})
+
+    def key_dump(self) -> dict[str, Any]:
+        """The section as it enters artifact keys (without the execution-only fields)."""
+        return self.model_dump(exclude=set(self.EXECUTION_FIELDS))
 
 
 class SensesConfig(Section):
@@ -153,6 +168,33 @@ class TrackingConfig(Section):
     experiment: str = "dskd"
 
 
+def check_storage_uri(uri: str) -> str:
+    """``uri`` if it names no credentials; a one-line error otherwise (URIs reach logs and MLflow params)."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        raise ValueError(
+            f"storage.uri must not contain credentials ({parts.scheme}://<user>:<secret>@...); "
+            "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or your provider's variables) instead"
+        )
+    return uri
+
+
+class StorageConfig(Section):
+    uri: str | None = Field(
+        None,
+        description="shared storage root every machine reaches (file:///mnt/shared/dskd, s3://bucket/dskd, any "
+        "pyarrow.fs URI): finished artifacts are published to <uri>/artifacts/<stage>/<key> and fetched from there "
+        "instead of recomputed; Ray checkpoints go to <uri>/ray_results unless train.storage_path is set. "
+        "None = local DSKD_HOME only",
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> StorageConfig:
+        if self.uri:
+            check_storage_uri(self.uri)
+        return self
+
+
 class RegistryConfig(Section):
     model_name: str = "dskd-student"
     metric: str = Field("heldout_perplexity", description="champion gate metric (lower is better)")
@@ -171,6 +213,7 @@ class PipelineConfig(Section):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,32 +88,87 @@ def cache_shard(
     return len(seq_ids)
 
 
-def write_reservoir(reservoir: Reservoir, out_path: Path) -> int:
-    """Persist the per-token reservoir (float16 vectors, flattened) to Parquet; returns the token count."""
+def shard_cache_name(shard_path: Path) -> str:
+    """Cache shard file name for an annotated shard (train-00003.parquet -> cache-00003.parquet)."""
+    return shard_path.name.replace("train-", "cache-")
+
+
+def cache_shard_and_sample(
+    model,
+    shard_index: int,
+    shard_path: Path,
+    out_dir: Path,
+    capture: dict[str, Any],
+    batch_size: int,
+    reservoir_cap: int,
+    device: str,
+    progress: tqdm | None = None,
+) -> dict[str, int]:
+    """One shard of the teacher pass: ``out_dir/shards/cache-*.parquet`` + ``out_dir/parts/reservoir-<i>.parquet``.
+
+    The shard's reservoir is seeded by ``shard_index`` alone, so merging the parts in shard order
+    (:mod:`dskd.reservoir_merge`) gives the same dictionary however shards were spread over workers.
+    """
+    reservoir = Reservoir(cap=reservoir_cap, dim=capture["hidden_size"], seed=shard_index, dtype=np.float16)
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    (out_dir / "parts").mkdir(parents=True, exist_ok=True)
+    rows = cache_shard(
+        model,
+        shard_path,
+        out_dir / "shards" / shard_cache_name(shard_path),
+        reservoir,
+        capture,
+        batch_size,
+        device,
+        progress,
+    )
+    write_reservoir(reservoir_rows(reservoir), out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet")
+    return {"shard": shard_index, "rows": rows}
+
+
+def reservoir_rows(reservoir: Reservoir) -> Iterator[tuple[int, np.ndarray, int]]:
+    """``(token_id, kept vectors, n_seen)`` of a live reservoir, by token id."""
+    seen = reservoir.n_seen()
+    for token_id, vectors in reservoir.items():
+        yield token_id, vectors, seen[token_id]
+
+
+def write_reservoir(rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path) -> int:
+    """Persist reservoir rows (float16 vectors, flattened) to Parquet; returns the token count."""
     with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd") as writer:
-        rows: list[dict] = []
+        batch: list[dict] = []
         n_tokens = 0
-        for token_id, vectors in reservoir.items():
-            rows.append(
+        for token_id, vectors, n_seen in rows:
+            batch.append(
                 {
                     "token_id": int(token_id),
                     "count": int(vectors.shape[0]),
+                    "n_seen": int(n_seen),
                     "vectors": np.asarray(vectors, dtype=np.float16).reshape(-1),
                 }
             )
             n_tokens += 1
-            if len(rows) == 1024:
-                writer.write_table(pa.Table.from_pylist(rows, schema=RESERVOIR_SCHEMA))
-                rows = []
-        if rows:
-            writer.write_table(pa.Table.from_pylist(rows, schema=RESERVOIR_SCHEMA))
+            if len(batch) == 1024:
+                writer.write_table(pa.Table.from_pylist(batch, schema=RESERVOIR_SCHEMA))
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=RESERVOIR_SCHEMA))
     return n_tokens
 
 
-def read_reservoir(path: Path, dim: int):
-    """Iterate (token_id, vectors [n, dim] float32) from a reservoir file, batch by batch."""
+def reservoir_file_rows(path: Path, dim: int) -> Iterator[tuple[int, np.ndarray, int]]:
+    """``(token_id, vectors [n, dim] float16, n_seen)`` from a reservoir file, batch by batch."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
-        for token_id, vectors in zip(
-            batch.column("token_id").to_pylist(), batch.column("vectors").to_numpy(zero_copy_only=False), strict=True
-        ):
-            yield token_id, np.asarray(vectors, dtype=np.float32).reshape(-1, dim)
+        columns = (
+            batch.column("token_id").to_pylist(),
+            batch.column("vectors").to_numpy(zero_copy_only=False),
+            batch.column("n_seen").to_pylist(),
+        )
+        for token_id, vectors, n_seen in zip(*columns, strict=True):
+            yield token_id, np.asarray(vectors, dtype=np.float16).reshape(-1, dim), n_seen
+
+
+def read_reservoir(path: Path, dim: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Iterate (token_id, vectors [n, dim] float32) from a reservoir file, batch by batch."""
+    for token_id, vectors, _ in reservoir_file_rows(path, dim):
+        yield token_id, vectors.astype(np.float32)

@@ -9,7 +9,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
+from dskd.artifact_store import ArtifactStore
 from dskd.losses import SenseProjection, ce_loss, kd_loss, sense_loss
 from dskd.senses import SenseTable
 from dskd.student import build_student, trainable_state
@@ -49,6 +50,9 @@ class TrainJob:
     student: dict[str, Any]
     train: dict[str, Any]
     kappa: int
+    # Shared store to fetch the artifact dirs above from on a node that lacks them (multi-node, no shared FS).
+    storage_uri: str | None = None
+    artifact_dirs: list[str] = field(default_factory=list)
 
 
 def compute_losses(
@@ -134,6 +138,10 @@ def _load_checkpoint(path: Path, model, optimizer, projection) -> tuple[int, int
 def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], None] | None = None) -> None:
     """Train the student on this worker's share of the cache; rank 0 writes checkpoints and the final model."""
     cfg = job.train
+    if job.storage_uri:
+        store = ArtifactStore(job.storage_uri)
+        for artifact in job.artifact_dirs:
+            store.ensure_local(Path(artifact))
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(cfg["threads_per_worker"])
     model = build_student(

@@ -83,7 +83,10 @@ def print_summary(summary: dict, wall: float) -> None:
     for col in ("stage", "status", "seconds", "artifact"):
         table.add_column(col)
     for row in summary["stages"]:
-        status = "[green]cached[/green]" if row["cached"] else "[yellow]computed[/yellow]"
+        if row.get("fetched"):
+            status = "[cyan]fetched[/cyan]"  # from storage.uri, computed elsewhere
+        else:
+            status = "[green]cached[/green]" if row["cached"] else "[yellow]computed[/yellow]"
         table.add_row(row["stage"], status, f"{row['seconds']:.1f}", row["path"])
     console.print(table)
     reg_path = Path(summary["stages"][-1]["path"]) / "registration.json"

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 
 from dskd.config import load_config
-from flows.dskd_pipeline import STAGES, run_stage_task, stage_sections
+from flows.dskd_pipeline import STAGES, run_stage_task, stage_runtimes, stage_sections
 from tasks.compare_report import compare_report
 from tasks.evaluate_student import evaluate_student
 from tasks.ray_train import ray_session
@@ -31,7 +31,7 @@ def dskd_compare(
     arms = arms or ["ce", "kd", "dskd"]
     seeds = seeds or [0, 1, 2]
     home, tracking_cfg = str(cfg.home_path), cfg.tracking.model_dump()
-    sections = stage_sections(cfg)
+    sections, runtimes = stage_sections(cfg), stage_runtimes(cfg)
     needs_of = {stage: needs for stage, _, needs in STAGES}
     tasks_of = {stage: task for stage, task, _ in STAGES}
     keys: dict[str, str] = {}
@@ -39,7 +39,9 @@ def dskd_compare(
     with ParentRun(tracking_cfg, home, cfg, run_name="dskd-compare") as parent:
         for stage in SHARED:
             upstream = {n: keys[n] for n in needs_of[stage]}
-            row = run_stage_task(tasks_of[stage], stage, sections[stage], upstream, home, tracking_cfg, parent)
+            row = run_stage_task(
+                tasks_of[stage], stage, sections[stage], upstream, home, tracking_cfg, parent, runtimes.get(stage)
+            )
             keys[stage] = row["key"]
             rows.append(row)
         report_upstream: dict[str, str] = {}
@@ -51,7 +53,14 @@ def dskd_compare(
                     train_section["train"].update(loss=arm, seed=seed)
                     upstream = {n: keys[n] for n in needs_of["train"]}
                     trained = run_stage_task(
-                        train_student, f"train:{arm}:{seed}", train_section, upstream, home, tracking_cfg, parent
+                        train_student,
+                        f"train:{arm}:{seed}",
+                        train_section,
+                        upstream,
+                        home,
+                        tracking_cfg,
+                        parent,
+                        runtimes["train"],
                     )
                     upstream = {**{n: keys[n] for n in needs_of["evaluate"] if n != "train"}, "train": trained["key"]}
                     evaluated = run_stage_task(
@@ -62,12 +71,20 @@ def dskd_compare(
                         home,
                         tracking_cfg,
                         parent,
+                        runtimes["evaluate"],
                     )
                     rows += [trained, evaluated]
                     report_upstream[f"train:{arm}:{seed}"] = trained["key"]
                     report_upstream[f"evaluate:{arm}:{seed}"] = evaluated["key"]
         report = run_stage_task(
-            compare_report, "compare", {"arms": arms, "seeds": seeds}, report_upstream, home, tracking_cfg, parent
+            compare_report,
+            "compare",
+            {"arms": arms, "seeds": seeds},
+            report_upstream,
+            home,
+            tracking_cfg,
+            parent,
+            runtimes["compare"],
         )
         rows.append(report)
         summary = {"stages": rows, "keys": keys, "report": report["path"], "mlflow_run_id": parent.run_id}

@@ -37,13 +37,13 @@ def stage_sections(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
             "corpus": corpus,
             "sampling": {"max_positions": senses.max_positions, "frac_positions": senses.frac_positions},
         },
-        "teacher_cache": cfg.cache.model_dump(),
+        "teacher_cache": cfg.cache.key_dump(),
         "sense_index": senses.model_dump(),
         "train": {
             "train": cfg.train.model_dump(),
             "student": cfg.student.model_dump(),
             "kappa": senses.kappa,
-            "cache": cfg.cache.model_dump(),
+            "cache": cfg.cache.key_dump(),
         },
         "baselines": {
             "eval": cfg.eval.model_dump(),
@@ -53,6 +53,20 @@ def stage_sections(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
         "evaluate": {"eval": cfg.eval.model_dump(), "nltk_data_dir": cfg.lexicon.nltk_data_dir},
         "register": {**cfg.registry.model_dump(), "config_hash": cfg.digest()},
     }
+
+
+def stage_runtimes(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """Where stages run and share artifacts (not part of any key): the shared store for every stage, and the
+    teacher pass's replicas and the Ray cluster they use."""
+    common = {"storage_uri": cfg.storage.uri}
+    runtimes = {stage: dict(common) for stage in [*(s for s, _, _ in STAGES), "compare"]}
+    runtimes["teacher_cache"].update(
+        num_workers=cfg.cache.num_workers,
+        threads_per_worker=cfg.cache.threads_per_worker,
+        ray_address=cfg.train.ray_address,
+        ray_temp_dir=str(cfg.home_path / "ray"),
+    )
+    return runtimes
 
 
 STAGES = [
@@ -70,11 +84,19 @@ STAGES = [
 
 
 def run_stage_task(
-    stage_task, stage: str, section: dict, upstream: dict[str, str], home: str, tracking_cfg: dict, parent
+    stage_task,
+    stage: str,
+    section: dict,
+    upstream: dict[str, str],
+    home: str,
+    tracking_cfg: dict,
+    parent,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Submit one stage task; returns its result with ``cached`` and wall ``seconds`` (also tagged on the parent)."""
     t0 = time.perf_counter()
-    state = stage_task(section, upstream, home, tracking_cfg, parent.run_id, return_state=True)
+    kwargs = {"runtime": runtime} if runtime else {}
+    state = stage_task(section, upstream, home, tracking_cfg, parent.run_id, return_state=True, **kwargs)
     result = state.result()
     cached = state.name == "Cached" or not result["computed"]
     parent.stage_done(stage, result, cached)
@@ -87,7 +109,7 @@ def dskd_pipeline(config_path: str | None = None, overrides: list[str] | None = 
     cfg = load_config(config_path, overrides)
     home = str(cfg.home_path)
     tracking_cfg = cfg.tracking.model_dump()
-    sections = stage_sections(cfg)
+    sections, runtimes = stage_sections(cfg), stage_runtimes(cfg)
     if cfg.student.init_path and cfg.teacher.path:
         check_same_vocabulary(cfg.teacher.path, cfg.student.init_path)  # refuse before any work starts
     keys: dict[str, str] = {}
@@ -95,7 +117,9 @@ def dskd_pipeline(config_path: str | None = None, overrides: list[str] | None = 
     with ParentRun(tracking_cfg, home, cfg) as parent:
         for stage, stage_task, needs in STAGES:
             upstream = {n: keys[n] for n in needs}
-            row = run_stage_task(stage_task, stage, sections[stage], upstream, home, tracking_cfg, parent)
+            row = run_stage_task(
+                stage_task, stage, sections[stage], upstream, home, tracking_cfg, parent, runtimes.get(stage)
+            )
             keys[stage] = row["key"]
             rows.append(row)
         summary = {"stages": rows, "keys": keys, "mlflow_run_id": parent.run_id}

@@ -32,6 +32,7 @@ def annotate_corpus(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: corpus section incl. the corpus files' content hash, sampling settings, lexicon + teacher keys.
 
@@ -72,4 +73,4 @@ def annotate_corpus(
             **{f"coverage_{k}": float(v) for k, v in cov.items()},
         }
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -27,6 +27,7 @@ def build_lexicon(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: lexicon section (+ Kaikki file hash when used) and the teacher key (its tokenizer)."""
 
@@ -66,4 +67,4 @@ def build_lexicon(
             "virtual_ids": len(lex.virtual_spans),
         }
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -78,6 +78,7 @@ def build_sense_index(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: senses section (k, κ, pools, seeds) + lexicon, annotate and teacher-cache keys."""
 
@@ -128,4 +129,4 @@ def build_sense_index(
             "faiss_gpus": faiss.get_num_gpus(),
         }
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -1,19 +1,19 @@
-"""Stage 3: one streaming teacher pass -> top-k logits + sense hidden states (sharded Parquet) + reservoir."""
+"""Stage 3: the teacher pass -> top-k logits + sense hidden states (sharded Parquet) + merged sense reservoir."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from prefect import task
 from tqdm import tqdm
 
-from dskd.senses import Reservoir
+from dskd.reservoir_merge import merge_reservoir_parts, part_paths
 from dskd.teacher import load_causal_lm, load_tokenizer, resolve_compute_dtype, resolve_device
-from dskd.teacher_cache import cache_shard, tokenizer_hash, write_reservoir
+from dskd.teacher_cache import cache_shard_and_sample, reservoir_file_rows, tokenizer_hash, write_reservoir
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 
@@ -34,6 +34,31 @@ def expected_capture(teacher_key: str, model_dir: Path, section: dict[str, Any])
     }
 
 
+def _in_process_pass(
+    shards: list[Path], out_dir: Path, model_dir: Path, section: dict[str, Any], capture: dict[str, Any], tokens: int
+) -> list[dict[str, Any]]:
+    device = resolve_device(section["device"])
+    dtype = resolve_compute_dtype(section["compute_dtype"], device)
+    model = load_causal_lm(model_dir, dtype=dtype, device=device)
+    done = []
+    with torch.inference_mode(), tqdm(total=tokens, desc="teacher pass", unit="tok") as bar:
+        for i, shard in enumerate(shards):
+            done.append(
+                cache_shard_and_sample(
+                    model,
+                    i,
+                    shard,
+                    out_dir,
+                    capture,
+                    section["batch_size"],
+                    section["reservoir_per_token"],
+                    device,
+                    bar,
+                )
+            )
+    return [{**d, "device": device, "compute_dtype": dtype} for d in done]
+
+
 @task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")
 def cache_teacher_outputs(
     section: dict[str, Any],
@@ -41,36 +66,48 @@ def cache_teacher_outputs(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Cache key: cache section (top-k, T, batch, reservoir cap, dtype, device) + teacher and annotate keys."""
+    """Cache key: cache section (top-k, T, batch, reservoir cap, dtype, device) + teacher and annotate keys.
+
+    ``runtime`` (num_workers, threads_per_worker, ray_address, ray_temp_dir, storage_uri) only decides where the
+    pass runs: with more than one worker the shards fan out over Ray teacher replicas; the artifact is the same.
+    """
+    runtime = runtime or {}
+    workers = runtime.get("num_workers", 1)
 
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         model_dir = teacher_dir(up["teacher"])
-        device = resolve_device(section["device"])
-        dtype = resolve_compute_dtype(section["compute_dtype"], device)
         capture = expected_capture(upstream["teacher"], model_dir, section)
-        model = load_causal_lm(model_dir, dtype=dtype, device=device)
-        # float16 in RAM, as on disk: the reservoir is bounded only by V x cap x d.
-        reservoir = Reservoir(cap=section["reservoir_per_token"], dim=capture["hidden_size"], seed=0, dtype=np.float16)
         shards = sorted((up["annotate"] / "train").glob("*.parquet"))
-        (tmp / "shards").mkdir()
         total_tokens = json.loads((up["annotate"] / "manifest.json").read_text())["metrics"]["train_tokens"]
-        rows = 0
-        with torch.inference_mode(), tqdm(total=total_tokens, desc="teacher pass", unit="tok") as bar:
-            for shard in shards:
-                out = tmp / "shards" / shard.name.replace("train-", "cache-")
-                rows += cache_shard(model, shard, out, reservoir, capture, section["batch_size"], device, bar)
-        n_tokens = write_reservoir(reservoir, tmp / "reservoir.parquet")
-        (tmp / "capture.json").write_text(json.dumps({**capture, "compute_dtype": dtype, "device": device}))
+        if workers > 1:
+            from tasks.teacher_fanout import fan_out_teacher_pass  # Ray only when asked for
+
+            done = fan_out_teacher_pass(shards, tmp, model_dir, section, capture, runtime)
+        else:
+            done = _in_process_pass(shards, tmp, model_dir, section, capture, total_tokens)
+        parts = part_paths(tmp / "parts")
+        rows = merge_reservoir_parts(
+            (reservoir_file_rows(p, capture["hidden_size"]) for p in parts), cap=section["reservoir_per_token"]
+        )
+        n_tokens = write_reservoir(rows, tmp / "reservoir.parquet")
+        shutil.rmtree(tmp / "parts")  # merged; the per-shard samples are not part of the artifact
+        (tmp / "capture.json").write_text(
+            json.dumps({**capture, "compute_dtype": done[0]["compute_dtype"], "device": done[0]["device"]})
+        )
         shard_bytes = sum(p.stat().st_size for p in (tmp / "shards").glob("*.parquet"))
         extra["capture"] = capture
-        extra["rows"] = {"sequences": rows, "reservoir_tokens": n_tokens}
+        extra["rows"] = {"sequences": sum(d["rows"] for d in done), "reservoir_tokens": n_tokens}
+        nodes = len({d.get("node") for d in done})  # in-process: one (None)
+        extra["execution"] = {"workers": workers, "shards": len(done), "nodes": nodes}
         extra["metrics"] = {
             "cache_bytes": shard_bytes,
             "cache_bytes_per_token": shard_bytes / max(total_tokens, 1),
             "reservoir_tokens": n_tokens,
             "reservoir_bytes": (tmp / "reservoir.parquet").stat().st_size,
             "tokens": total_tokens,
+            "teacher_workers": workers,
         }
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

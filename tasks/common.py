@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
+from dskd.artifact_store import ArtifactStore
 from dskd.artifacts import artifact_dir, is_complete, stage_key, write_artifact
 from tasks import tracking
 
@@ -35,10 +36,11 @@ class ArtifactPresent(CachePolicy):
 def stage_cache_policy(stage: str) -> CachePolicy:
     """Key = INPUTS (section, upstream keys, home) + TASK_SOURCE + artifact presence.
 
-    The MLflow parent run id and tracking settings are excluded: they change per run or per user and do not
-    change what the stage computes.
+    The MLflow parent run id, tracking settings and ``runtime`` (where a stage runs: workers, Ray address) are
+    excluded: they change per run, user or cluster and do not change what the stage computes. (Subtract them from
+    INPUTS itself: subtracting from the compound policy would add a second, unfiltered INPUTS.)
     """
-    return (INPUTS - "parent_run_id" - "tracking_cfg") + TASK_SOURCE + ArtifactPresent(stage=stage)
+    return (INPUTS - "parent_run_id" - "tracking_cfg" - "runtime") + TASK_SOURCE + ArtifactPresent(stage=stage)
 
 
 def run_stage(
@@ -50,18 +52,28 @@ def run_stage(
     tracking_cfg: dict[str, Any],
     build: Callable[[Path, dict[str, Any], dict[str, Path]], None],
     hash_files: bool = True,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Reuse the stage's artifact if complete, else build it atomically inside a nested MLflow run.
+    """Reuse the stage's artifact if complete (locally, else in the shared store), else build it atomically inside
+    a nested MLflow run and publish it to the store.
 
     ``build(tmp_dir, extra, upstream_paths)`` writes files into tmp_dir and may put metrics into
-    ``extra["metrics"]`` and other manifest fields into ``extra``.
-    Returns {stage, key, path, computed, seconds}.
+    ``extra["metrics"]`` and other manifest fields into ``extra``. ``runtime["storage_uri"]``: the shared
+    store (:class:`dskd.artifact_store.ArtifactStore`), if any.
+    Returns {stage, key, path, computed, seconds} (+ ``fetched`` when it came from the store).
     """
     key = stage_key(stage, section, upstream)
     final = artifact_dir(home, stage, key)
     t0 = time.perf_counter()
+    store = ArtifactStore(runtime["storage_uri"]) if runtime and runtime.get("storage_uri") else None
     if is_complete(final):
+        if store is not None:
+            store.publish(final, stage, key)  # no-op when published; catches up artifacts made before the store
         return {"stage": stage, "key": key, "path": str(final), "computed": False, "seconds": 0.0}
+    if store is not None and store.has(stage, key):
+        store.fetch(stage, key, final)
+        seconds = time.perf_counter() - t0
+        return {"stage": stage, "key": key, "path": str(final), "computed": False, "fetched": True, "seconds": seconds}
     # An upstream name is its stage, optionally qualified ("evaluate:kd:0" when several of one stage feed in).
     upstream_paths = {name: artifact_dir(home, name.split(":")[0], k) for name, k in upstream.items()}
     uri = tracking.tracking_uri(tracking_cfg.get("tracking_uri"), home)
@@ -75,4 +87,7 @@ def run_stage(
         client.log_artifact(rid, str(final / "manifest.json"))
         for report in [*final.glob("*.png"), *final.glob("*.md")]:  # what a person would rather look at
             client.log_artifact(rid, str(report))
+        if store is not None:
+            store.publish(final, stage, key)
+            client.set_tag(rid, "dskd.store_uri", store.uri)
     return {"stage": stage, "key": key, "path": str(final), "computed": True, "seconds": seconds}

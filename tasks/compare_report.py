@@ -21,6 +21,7 @@ def compare_report(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: the arm/seed grid + every arm's train and evaluate keys (upstream "train:<arm>:<seed>", ...)."""
 
@@ -52,4 +53,4 @@ def compare_report(
         if overhead is not None:
             extra["metrics"]["dskd_over_kd_step_time"] = overhead
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -36,6 +36,7 @@ def evaluate_baselines(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: eval + student sections + teacher and annotate keys (no training: shared by every arm)."""
 
@@ -56,7 +57,7 @@ def evaluate_baselines(
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2))
         extra["metrics"] = {f"{who}.{k}": v for who, m in results.items() for k, v in m.items()}
 
-    return run_stage("baselines", section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage("baselines", section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)
 
 
 @task(cache_policy=stage_cache_policy("evaluate"), persist_result=True, result_serializer="json")
@@ -66,6 +67,7 @@ def evaluate_student(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: eval section + teacher, annotate, train and baselines keys. metrics.json holds all three models."""
 
@@ -79,4 +81,4 @@ def evaluate_student(
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2))
         extra["metrics"] = {k: v for k, v in results["student"].items()}
 
-    return run_stage("evaluate", section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage("evaluate", section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -27,6 +27,7 @@ def prepare_teacher(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: the teacher section (path or GGUF package/file, dtype). A user path is validated, not copied."""
 
@@ -40,4 +41,4 @@ def prepare_teacher(
             model_dir = None
         (tmp / "teacher.json").write_text(json.dumps({"model_dir": model_dir}))
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -119,7 +119,7 @@ def ray_session(address: str | None, num_cpus: int, temp_dir: Path) -> Iterator[
 def fit(
     job: TrainJob,
     train_cfg: dict[str, Any],
-    storage_path: Path,
+    storage_path: str,
     tracking_uri: str,
     mlflow_run_id: str,
     run_name: str | None = None,
@@ -138,7 +138,7 @@ def fit(
         ),
         run_config=RunConfig(
             name=run_name or f"dskd-{uuid.uuid4().hex[:8]}",
-            storage_path=train_cfg.get("storage_path") or str(storage_path.resolve()),
+            storage_path=train_cfg.get("storage_path") or storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=train_cfg["max_failures"]),
         ),

@@ -34,6 +34,7 @@ def register_student(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: registry section + train and evaluate keys, so an unchanged rerun registers nothing new."""
 
@@ -60,4 +61,4 @@ def register_student(
         (tmp / "registration.json").write_text(json.dumps(info, indent=2))
         extra["registration"] = info
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build)
+    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -103,7 +103,8 @@ class ParentRun:
     def stage_done(self, stage: str, result: dict[str, Any], cached: bool) -> None:
         label = stage.replace(":", ".")  # "train:kd:0" -> a valid MLflow tag name
         self.client.set_tag(self.run_id, f"dskd.{label}.key", result["key"])
-        self.client.set_tag(self.run_id, f"dskd.{label}.status", "cached" if cached else "computed")
+        status = "fetched" if result.get("fetched") else "cached" if cached else "computed"
+        self.client.set_tag(self.run_id, f"dskd.{label}.status", status)
 
     def finish(self, summary: dict[str, Any]) -> None:
         self.client.log_dict(self.run_id, summary, "summary.json")

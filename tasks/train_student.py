@@ -29,12 +29,17 @@ def train_student(
     home: str,
     tracking_cfg: dict[str, Any],
     parent_run_id: str | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cache key: train + student sections, κ, and the teacher, annotate, cache and sense-index keys.
 
-    ``train.ray_address`` is part of the train section, so moving to a cluster re-trains (deliberate).
+    ``train.ray_address`` is part of the train section, so moving to a cluster re-trains (deliberate). With
+    ``runtime["storage_uri"]`` workers fetch missing inputs from the store and checkpoints go to
+    ``<uri>/ray_results`` (unless ``train.storage_path`` is set).
     """
     import pyarrow.parquet as pq
+
+    storage_uri = (runtime or {}).get("storage_uri")
 
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         model_dir = teacher_dir(up["teacher"])
@@ -50,12 +55,15 @@ def train_student(
             student=section["student"],
             train=section["train"],
             kappa=section["kappa"],
+            storage_uri=storage_uri,
+            artifact_dirs=[str(up[n]) for n in ("teacher", "annotate", "teacher_cache", "sense_index")],
         )
         train_cfg = section["train"]
         started = init_ray(train_cfg["ray_address"], max(2, train_cfg["num_workers"]), Path(home) / "ray")
         try:
             uri = tracking_uri(tracking_cfg.get("tracking_uri"), home)
-            checkpoint = fit(job, train_cfg, Path(home) / "ray_results", uri, extra["mlflow_run_id"])
+            checkpoints = f"{storage_uri.rstrip('/')}/ray_results" if storage_uri else str(Path(home) / "ray_results")
+            checkpoint = fit(job, train_cfg, checkpoints, uri, extra["mlflow_run_id"])
             with checkpoint.as_directory() as ckpt:
                 shutil.copytree(Path(ckpt) / "student", tmp / "student")
                 history = json.loads((Path(ckpt) / "history.json").read_text())
@@ -73,4 +81,6 @@ def train_student(
                 "mean_step_seconds": mean_step,
             }
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, hash_files=True)
+    return run_stage(
+        STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, hash_files=True, runtime=runtime
+    )

@@ -45,14 +45,38 @@ def tiny_overrides(teacher_dir: Path, home: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def flow_runs(tiny_teacher_dir, tmp_path_factory):
+def store_uri(tmp_path_factory) -> str:
+    """A shared artifact store (file:// here; s3:// in test_artifact_store) every run below publishes to."""
+    return tmp_path_factory.mktemp("e2e_store").as_uri()
+
+
+@pytest.fixture(scope="module")
+def flow_runs(tiny_teacher_dir, tmp_path_factory, store_uri):
     from flows.dskd_pipeline import dskd_pipeline
 
     home = tmp_path_factory.mktemp("e2e_home")
-    overrides = tiny_overrides(tiny_teacher_dir, home)
+    # Two Ray teacher replicas for the teacher pass (same artifact as in-process: test_teacher_fanout).
+    overrides = tiny_overrides(tiny_teacher_dir, home) + [f"storage.uri={store_uri}", "cache.num_workers=2"]
     first = dskd_pipeline(None, overrides)
     second = dskd_pipeline(None, overrides)
     return home, first, second
+
+
+def test_another_machine_fetches_every_artifact_from_the_store(flow_runs, tiny_teacher_dir, tmp_path, store_uri):
+    """A fresh DSKD_HOME with the same storage.uri (another node, a new CI runner) recomputes nothing."""
+    from flows.dskd_pipeline import dskd_pipeline
+
+    _, first, _ = flow_runs
+    other = dskd_pipeline(None, tiny_overrides(tiny_teacher_dir, tmp_path / "home2") + [f"storage.uri={store_uri}"])
+    assert other["keys"] == first["keys"]
+    assert all(row.get("fetched") for row in other["stages"]), [r["stage"] for r in other["stages"]]
+    for mine, theirs in zip(first["stages"], other["stages"], strict=True):
+        assert read_manifest(Path(theirs["path"]))["files"] == read_manifest(Path(mine["path"]))["files"]
+        assert Path(theirs["path"]).is_relative_to(tmp_path / "home2")
+    cache = read_manifest(Path(first["stages"][3]["path"]))
+    assert cache["execution"] == {"workers": 2, "shards": 2, "nodes": 1}
+    # Ray Train checkpoints went to the store too (storage.uri/ray_results), not to DSKD_HOME.
+    assert list(Path(store_uri.removeprefix("file://"), "ray_results").glob("dskd-*"))
 
 
 def test_every_stage_writes_a_complete_artifact(flow_runs):

@@ -29,7 +29,7 @@ def two_node_cluster():
         cluster.shutdown()
 
 
-def test_pipeline_trains_on_a_two_node_cluster(two_node_cluster, tiny_teacher_dir, tmp_path):
+def test_pipeline_caches_and_trains_on_a_two_node_cluster(two_node_cluster, tiny_teacher_dir, tmp_path):
     import ray
 
     from flows.dskd_pipeline import dskd_pipeline
@@ -45,6 +45,8 @@ def test_pipeline_trains_on_a_two_node_cluster(two_node_cluster, tiny_teacher_di
         "train.epochs=1",
         "eval.tasks={}",
         "eval.probe_items=0",
+        "corpus.shard_seqs=4",  # 2 shards for the 2 teacher replicas
+        "cache.num_workers=2",  # teacher pass on the cluster too: one CPU per replica, so both nodes
         "train.num_workers=2",  # one CPU each: the workers must land on both nodes
         f"train.ray_address={two_node_cluster.address}",
         "student.n_layers=2",
@@ -55,6 +57,8 @@ def test_pipeline_trains_on_a_two_node_cluster(two_node_cluster, tiny_teacher_di
     assert not stages["train"]["cached"]
     history = json.loads((Path(stages["train"]["path"]) / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2]  # 8 sequences / 2 workers / batch 2
+    cache = json.loads((Path(stages["teacher_cache"]["path"]) / "manifest.json").read_text())
+    assert cache["execution"] == {"workers": 2, "shards": 2, "nodes": 2}
     # The pipeline connected to the cluster instead of starting its own, and left it running.
     ray.init(address=two_node_cluster.address)
     nodes = [n for n in ray.nodes() if n["Alive"]]

@@ -11,7 +11,7 @@ from dskd.annotate import TRAIN_SCHEMA, write_shards
 from dskd.cache_schema import capture_of, check_capture
 from dskd.senses import Reservoir
 from dskd.teacher import final_hidden_and_logits, load_causal_lm
-from dskd.teacher_cache import cache_shard, read_reservoir, write_reservoir
+from dskd.teacher_cache import cache_shard, read_reservoir, reservoir_rows, write_reservoir
 
 L, K, T = 12, 4, 2.0
 
@@ -34,7 +34,7 @@ def cached(tiny_teacher_dir, tmp_path_factory):
     capture = {"vocab_size": 49152, "topk": K, "kd_temperature": T, "hidden_size": 64, "teacher_key": "t"}
     reservoir = Reservoir(cap=3, dim=64)
     n = cache_shard(model, tmp / "ann" / "train-00000.parquet", tmp / "c.parquet", reservoir, capture, 2, "cpu")
-    write_reservoir(reservoir, tmp / "r.parquet")
+    write_reservoir(reservoir_rows(reservoir), tmp / "r.parquet")
     return model, rows, pq.read_table(tmp / "c.parquet"), capture, n, tmp
 
 

@@ -1,0 +1,82 @@
+"""The teacher pass fanned out over two Ray teacher replicas gives the in-process pass's cache and dictionary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dskd.annotate import TRAIN_SCHEMA, write_shards
+from dskd.config import PipelineConfig
+from dskd.reservoir_merge import merge_reservoir_parts, part_paths
+from dskd.teacher_cache import reservoir_file_rows
+from flows.dskd_pipeline import stage_sections
+from tasks.cache_teacher_outputs import _in_process_pass, expected_capture
+
+L = 16
+
+
+@pytest.fixture(scope="module")
+def passes(tiny_teacher_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fanout")
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "seq_id": i,
+            "input_ids": rng.integers(0, 49152, L).astype(np.int32),
+            "full_positions": np.array([2, 5], np.int32),
+            "posonly_positions": np.array([9], np.int32),
+        }
+        for i in range(6)
+    ]
+    write_shards(rows, TRAIN_SCHEMA, tmp / "ann", "train", 2)  # 3 shards of 2 sequences
+    shards = sorted((tmp / "ann").glob("train-*.parquet"))
+    cfg = PipelineConfig.model_validate(
+        {"cache": {"topk": 4, "batch_size": 2, "reservoir_per_token": 2, "device": "cpu", "compute_dtype": "float32"}}
+    )
+    section = cfg.cache.key_dump()
+    capture = expected_capture("t", tiny_teacher_dir, section)
+    local = _in_process_pass(shards, tmp / "local", tiny_teacher_dir, section, capture, tokens=6 * L)
+
+    from tasks.teacher_fanout import fan_out_teacher_pass
+
+    runtime = {"num_workers": 2, "threads_per_worker": 1, "ray_address": None, "ray_temp_dir": str(tmp / "ray")}
+    fanned = fan_out_teacher_pass(shards, tmp / "ray_out", tiny_teacher_dir, section, capture, runtime)
+    return tmp, local, fanned
+
+
+def test_two_replicas_share_the_shards(passes):
+    _, local, fanned = passes
+    assert [d["shard"] for d in fanned] == [0, 1, 2] == [d["shard"] for d in local]
+    assert [d["rows"] for d in fanned] == [2, 2, 2]
+    assert len({d["pid"] for d in fanned}) == 2  # two teacher replicas did the work
+
+
+def test_fanned_out_cache_equals_in_process_cache(passes):
+    tmp, _, _ = passes
+    for name in ("cache-00000.parquet", "cache-00001.parquet", "cache-00002.parquet"):
+        a, b = pq.read_table(tmp / "local" / "shards" / name), pq.read_table(tmp / "ray_out" / "shards" / name)
+        for col in ("seq_id", "topk_ids", "sense_positions"):
+            assert a.column(col).to_pylist() == b.column(col).to_pylist()
+        for col in ("topk_logits", "lse", "sense_hidden"):  # thread counts differ: allow float rounding
+            x, y = (np.asarray(t.column(col).combine_chunks().flatten(), np.float32) for t in (a, b))
+            np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3)
+
+
+def test_merged_dictionary_does_not_depend_on_the_workers(passes):
+    tmp, _, _ = passes
+
+    def merged(root):
+        parts = (reservoir_file_rows(p, 64) for p in part_paths(root / "parts"))
+        return list(merge_reservoir_parts(parts, cap=2))
+
+    a, b = merged(tmp / "local"), merged(tmp / "ray_out")
+    assert [(t, s) for t, _, s in a] == [(t, s) for t, _, s in b] and sum(s for _, _, s in a) == 6 * L
+    for (_, va, _), (_, vb, _) in zip(a, b, strict=True):
+        np.testing.assert_allclose(va.astype(np.float32), vb.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_fan_out_settings_stay_out_of_artifact_keys():
+    one = stage_sections(PipelineConfig.model_validate({"cache": {"num_workers": 1}}))
+    four = stage_sections(PipelineConfig.model_validate({"cache": {"num_workers": 4, "threads_per_worker": 8}}))
+    assert one["teacher_cache"] == four["teacher_cache"] and one["train"] == four["train"]
