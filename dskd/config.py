@@ -228,6 +228,12 @@ class PipelineConfig(Section):
     def home_path(self) -> Path:
         return Path(self.home).expanduser().resolve()
 
+    def digest(self) -> str:
+        """Hash of what decides the trained model: without where it runs and is stored (home, tracking, storage,
+        teacher-pass fan-out), so the same config on another machine or cluster has the same hash."""
+        where = {"home": True, "tracking": True, "storage": True, "cache": set(CacheConfig.EXECUTION_FIELDS)}
+        return stable_hash(self.model_dump(mode="json", exclude=where))
+
 
 class ConfigError(ValueError):
     """A configuration problem, worded as one line: what is wrong and how to fix it."""

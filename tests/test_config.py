@@ -50,6 +50,10 @@ def test_section_digest_isolates_stages():
     a, b = PipelineConfig(), PipelineConfig()
     b.train.lr = 1.0
     assert a.train.digest() != b.train.digest() and a.cache.digest() == b.cache.digest()
+    # Where a run executes and stores things does not change the config hash; what it trains does.
+    moved = load_config(None, ["home=/elsewhere", "storage.uri=s3://b/p", "cache.num_workers=4"], environ={})
+    assert moved.digest() == load_config(None, [], environ={}).digest()
+    assert load_config(None, ["train.seed=7"], environ={}).digest() != moved.digest()
 
 
 def test_trainable_layers_cannot_exceed_layers():
