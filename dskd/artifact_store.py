@@ -34,7 +34,17 @@ class ArtifactStore:
                 f"storage.uri {uri!r} cannot be opened ({err}); use file:///abs/path or s3://bucket/prefix"
             ) from err
         self.uri = uri
-        self.root = f"{root.rstrip('/')}/artifacts"
+        self.base = root.rstrip("/")
+        self.root = f"{self.base}/artifacts"
+
+    def _put(self, local_file: Path, remote: str) -> None:
+        parent = remote.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)  # object stores ignore this; a file system needs the parent
+        pafs.copy_files(str(local_file.resolve()), remote, destination_filesystem=self.fs)
+
+    def _get(self, remote: str, local_file: Path) -> None:
+        local_file.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(remote, str(local_file), source_filesystem=self.fs)
 
     def _path(self, stage: str, key: str, rel: str = "") -> str:
         base = f"{self.root}/{stage}/{key}"
@@ -54,10 +64,7 @@ class ArtifactStore:
         self.fs.create_dir(self._path(stage, key), recursive=True)
         files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / MANIFEST)
         for path in [*files, local / MANIFEST]:
-            rel = path.relative_to(local).as_posix()
-            if "/" in rel:  # object stores ignore this; a file system needs the parent dir
-                self.fs.create_dir(self._path(stage, key, rel.rsplit("/", 1)[0]), recursive=True)
-            pafs.copy_files(str(path.resolve()), self._path(stage, key, rel), destination_filesystem=self.fs)
+            self._put(path, self._path(stage, key, path.relative_to(local).as_posix()))
         return True
 
     def fetch(self, stage: str, key: str, dest: Path) -> None:
@@ -70,8 +77,7 @@ class ArtifactStore:
         try:
             for entry in manifest["files"]:
                 target = tmp / entry["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                pafs.copy_files(self._path(stage, key, entry["path"]), str(target), source_filesystem=self.fs)
+                self._get(self._path(stage, key, entry["path"]), target)
                 if "sha256" in entry and sha256_file(target) != entry["sha256"]:
                     raise ValueError(
                         f"{self.uri}: {stage}/{key}/{entry['path']} does not match its manifest sha256; "
@@ -89,3 +95,23 @@ class ArtifactStore:
             return False
         self.fetch(artifact.parent.name, artifact.name, artifact)
         return True
+
+    # Staging: scratch space for workers on nodes without a shared mount (the teacher pass's replicas upload
+    # their shards here; the driver collects them into its artifact and removes the staging dir).
+    def upload_staged(self, local_dir: Path, staging: str) -> list[str]:
+        """Copy every file under ``local_dir`` to ``<uri>/staging/<staging>/``; returns their relative paths."""
+        rels = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+        for rel in rels:
+            self._put(local_dir / rel, f"{self.base}/staging/{staging}/{rel}")
+        return rels
+
+    def download_staged(self, staging: str, rels: list[str], dest: Path) -> None:
+        """Copy staged files (relative paths from :meth:`upload_staged`) into ``dest``."""
+        for rel in rels:
+            self._get(f"{self.base}/staging/{staging}/{rel}", dest / rel)
+
+    def remove_staged(self, staging: str) -> None:
+        """Delete a staging dir (no error when it is already gone)."""
+        path = f"{self.base}/staging/{staging}"
+        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+            self.fs.delete_dir(path)

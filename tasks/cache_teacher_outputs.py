@@ -84,7 +84,8 @@ def cache_teacher_outputs(
         if workers > 1:
             from tasks.teacher_fanout import fan_out_teacher_pass  # Ray only when asked for
 
-            done = fan_out_teacher_pass(shards, tmp, model_dir, section, capture, runtime)
+            inputs = [up["teacher"], up["annotate"]]  # fetched from storage.uri by replicas on other nodes
+            done = fan_out_teacher_pass(shards, tmp, model_dir, section, capture, runtime, inputs)
         else:
             done = _in_process_pass(shards, tmp, model_dir, section, capture, total_tokens)
         parts = part_paths(tmp / "parts")
