@@ -30,6 +30,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
+    import dskd.teacher_cache as pass_mod
     import tasks.cache_teacher_outputs as stage_mod
     from dskd.teacher import load_causal_lm, resolve_compute_dtype, resolve_device
 
@@ -56,7 +57,8 @@ def main() -> None:
 
     # Wrap the stage's two per-token functions to split the stage's time (the wrapped functions run unchanged).
     inner: dict[str, float] = {"loop": 0.0}
-    real_cache_shard, real_write_reservoir = stage_mod.cache_shard_and_sample, stage_mod.write_reservoir
+    # Per shard: TeacherPass.cache -> pass_mod.cache_shard_and_sample (looked up at call time); then the stage's merge.
+    real_cache_shard, real_write_reservoir = pass_mod.cache_shard_and_sample, stage_mod.write_reservoir
 
     def timed(fn):
         def wrapper(*a, **kw):
@@ -68,7 +70,7 @@ def main() -> None:
 
         return wrapper
 
-    stage_mod.cache_shard_and_sample, stage_mod.write_reservoir = timed(real_cache_shard), timed(real_write_reservoir)
+    pass_mod.cache_shard_and_sample, stage_mod.write_reservoir = timed(real_cache_shard), timed(real_write_reservoir)
     loops: list[float] = []
     home, tracking_cfg = str(cfg.home_path), cfg.tracking.model_dump()
     upstream = {"teacher": stages["teacher"]["key"], "annotate": stages["annotate"]["key"]}

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dskd.cache_schema import RESERVOIR_SCHEMA, teacher_cache_schema
 from dskd.senses import Reservoir
-from dskd.teacher import final_hidden_and_logits
+from dskd.teacher import final_hidden_and_logits, load_causal_lm, resolve_compute_dtype, resolve_device
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -124,6 +124,37 @@ def cache_shard_and_sample(
     )
     write_reservoir(reservoir_rows(reservoir), out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet")
     return {"shard": shard_index, "rows": rows}
+
+
+class TeacherPass:
+    """A loaded teacher with the cache section and capture: caches whole shards. The one code path of the teacher
+    pass, run in-process or inside each Ray teacher replica."""
+
+    def __init__(
+        self, model_dir: Path, section: dict[str, Any], capture: dict[str, Any], threads: int | None = None
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = resolve_device(section["device"])  # resolved where the pass runs (a replica's node)
+        self.dtype = resolve_compute_dtype(section["compute_dtype"], self.device)
+        self.model = load_causal_lm(model_dir, dtype=self.dtype, device=self.device)
+        self.section, self.capture = section, capture
+
+    @torch.inference_mode()
+    def cache(self, shard_index: int, shard_path: Path, out_dir: Path, progress: tqdm | None = None) -> dict[str, Any]:
+        """:func:`cache_shard_and_sample` for one shard; adds the device and dtype it ran with."""
+        done = cache_shard_and_sample(
+            self.model,
+            shard_index,
+            shard_path,
+            out_dir,
+            self.capture,
+            self.section["batch_size"],
+            self.section["reservoir_per_token"],
+            self.device,
+            progress,
+        )
+        return {**done, "device": self.device, "compute_dtype": self.dtype}
 
 
 def reservoir_rows(reservoir: Reservoir) -> Iterator[tuple[int, np.ndarray, int]]:

@@ -7,13 +7,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect import task
 from tqdm import tqdm
 
 from dskd.reservoir_merge import merge_reservoir_parts, part_paths
-from dskd.teacher import load_causal_lm, load_tokenizer, resolve_compute_dtype, resolve_device
-from dskd.teacher_cache import cache_shard_and_sample, reservoir_file_rows, tokenizer_hash, write_reservoir
+from dskd.teacher import load_tokenizer
+from dskd.teacher_cache import TeacherPass, reservoir_file_rows, tokenizer_hash, write_reservoir
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 
@@ -37,26 +36,9 @@ def expected_capture(teacher_key: str, model_dir: Path, section: dict[str, Any])
 def _in_process_pass(
     shards: list[Path], out_dir: Path, model_dir: Path, section: dict[str, Any], capture: dict[str, Any], tokens: int
 ) -> list[dict[str, Any]]:
-    device = resolve_device(section["device"])
-    dtype = resolve_compute_dtype(section["compute_dtype"], device)
-    model = load_causal_lm(model_dir, dtype=dtype, device=device)
-    done = []
-    with torch.inference_mode(), tqdm(total=tokens, desc="teacher pass", unit="tok") as bar:
-        for i, shard in enumerate(shards):
-            done.append(
-                cache_shard_and_sample(
-                    model,
-                    i,
-                    shard,
-                    out_dir,
-                    capture,
-                    section["batch_size"],
-                    section["reservoir_per_token"],
-                    device,
-                    bar,
-                )
-            )
-    return [{**d, "device": device, "compute_dtype": dtype} for d in done]
+    teacher = TeacherPass(model_dir, section, capture)
+    with tqdm(total=tokens, desc="teacher pass", unit="tok") as bar:
+        return [teacher.cache(i, shard, out_dir, bar) for i, shard in enumerate(shards)]
 
 
 @task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")

@@ -34,53 +34,27 @@ class TeacherReplica:
         self,
         model_dir: str,
         section: dict[str, Any],
+        capture: dict[str, Any],
         threads: int,
         storage_uri: str | None = None,
         artifact_dirs: list[str] | None = None,
     ) -> None:
-        import torch
-
-        from dskd.artifact_store import ArtifactStore
-        from dskd.teacher import load_causal_lm, resolve_compute_dtype, resolve_device
+        from dskd.teacher_cache import TeacherPass
 
         self.store = ArtifactStore(storage_uri) if storage_uri else None
         for artifact in artifact_dirs or []:
             if self.store is not None:
                 self.store.ensure_local(Path(artifact))
-        torch.set_num_threads(threads)
-        self.device = resolve_device(section["device"])  # resolved where the replica runs, not on the driver
-        self.dtype = resolve_compute_dtype(section["compute_dtype"], self.device)
-        self.model = load_causal_lm(Path(model_dir), dtype=self.dtype, device=self.device)
-        self.section = section
+        self.teacher = TeacherPass(Path(model_dir), section, capture, threads)
 
-    def cache(
-        self, shard_index: int, shard_path: str, out_dir: str, capture: dict[str, Any], staging: str
-    ) -> dict[str, Any]:
-        import torch
-
-        from dskd.teacher_cache import cache_shard_and_sample
-
-        def run(target: Path) -> dict[str, Any]:
-            with torch.inference_mode():
-                return cache_shard_and_sample(
-                    self.model,
-                    shard_index,
-                    Path(shard_path),
-                    target,
-                    capture,
-                    self.section["batch_size"],
-                    self.section["reservoir_per_token"],
-                    self.device,
-                )
-
+    def cache(self, shard_index: int, shard_path: str, out_dir: str, staging: str) -> dict[str, Any]:
         if Path(out_dir).is_dir() or self.store is None:  # same node or a shared mount: write in place
-            done = run(Path(out_dir))
+            done = self.teacher.cache(shard_index, Path(shard_path), Path(out_dir))
         else:
             with tempfile.TemporaryDirectory(prefix="dskd-shard-") as local:
-                done = run(Path(local))
+                done = self.teacher.cache(shard_index, Path(shard_path), Path(local))
                 done["staged"] = self.store.upload_staged(Path(local), staging)
-        node = ray.get_runtime_context().get_node_id()
-        return {**done, "device": self.device, "compute_dtype": self.dtype, "node": node, "pid": os.getpid()}
+        return {**done, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
 def fan_out_teacher_pass(
@@ -109,11 +83,11 @@ def fan_out_teacher_pass(
         options = {"num_cpus": threads, "num_gpus": 1 if wants_gpu else 0}
         dirs = [str(d) for d in artifact_dirs or []]
         actors = [
-            TeacherReplica.options(**options).remote(str(model_dir), section, threads, storage_uri, dirs)
+            TeacherReplica.options(**options).remote(str(model_dir), section, capture, threads, storage_uri, dirs)
             for _ in range(n_workers)
         ]
         try:
-            jobs = [(i, str(shard), str(out_dir), capture, staging) for i, shard in enumerate(shards)]
+            jobs = [(i, str(shard), str(out_dir), staging) for i, shard in enumerate(shards)]
             done = list(ActorPool(actors).map_unordered(lambda actor, job: actor.cache.remote(*job), jobs))
         finally:
             for actor in actors:

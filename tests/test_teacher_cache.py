@@ -12,6 +12,7 @@ from dskd.cache_schema import capture_of, check_capture
 from dskd.senses import Reservoir
 from dskd.teacher import final_hidden_and_logits, load_causal_lm
 from dskd.teacher_cache import cache_shard, read_reservoir, reservoir_rows, write_reservoir
+from tests.annotated import random_annotated_rows
 
 L, K, T = 12, 4, 2.0
 
@@ -19,16 +20,7 @@ L, K, T = 12, 4, 2.0
 @pytest.fixture(scope="module")
 def cached(tiny_teacher_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cache")
-    rng = np.random.default_rng(0)
-    rows = [
-        {
-            "seq_id": i,
-            "input_ids": rng.integers(0, 49152, L).astype(np.int32),
-            "full_positions": np.array([1, 4], np.int32),
-            "posonly_positions": np.array([4, 7], np.int32),
-        }
-        for i in range(3)
-    ]
+    rows = random_annotated_rows(3, L, full=[1, 4], posonly=[4, 7])
     write_shards(rows, TRAIN_SCHEMA, tmp / "ann", "train", 8)
     model = load_causal_lm(tiny_teacher_dir)
     capture = {"vocab_size": 49152, "topk": K, "kd_temperature": T, "hidden_size": 64, "teacher_key": "t"}

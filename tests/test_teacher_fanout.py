@@ -12,6 +12,7 @@ from dskd.reservoir_merge import merge_reservoir_parts, part_paths
 from dskd.teacher_cache import reservoir_file_rows
 from flows.dskd_pipeline import stage_sections
 from tasks.cache_teacher_outputs import _in_process_pass, expected_capture
+from tests.annotated import random_annotated_rows
 
 L = 16
 
@@ -19,16 +20,7 @@ L = 16
 @pytest.fixture(scope="module")
 def passes(tiny_teacher_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fanout")
-    rng = np.random.default_rng(0)
-    rows = [
-        {
-            "seq_id": i,
-            "input_ids": rng.integers(0, 49152, L).astype(np.int32),
-            "full_positions": np.array([2, 5], np.int32),
-            "posonly_positions": np.array([9], np.int32),
-        }
-        for i in range(6)
-    ]
+    rows = random_annotated_rows(6, L, full=[2, 5], posonly=[9])
     write_shards(rows, TRAIN_SCHEMA, tmp / "ann", "train", 2)  # 3 shards of 2 sequences
     shards = sorted((tmp / "ann").glob("train-*.parquet"))
     cfg = PipelineConfig.model_validate(
