@@ -18,17 +18,21 @@ from tasks import tracking
 
 @dataclass
 class ArtifactPresent(CachePolicy):
-    """Cache-key part that changes when the stage's artifact is missing on disk.
+    """Cache-key part that changes when the stage's artifact is missing on disk (or from the shared store).
 
     A Prefect cache hit is only trusted while the artifact it points to still exists: if someone deleted
-    ``$DSKD_HOME/artifacts/<stage>/<key>``, the key becomes unique and the stage recomputes.
+    ``$DSKD_HOME/artifacts/<stage>/<key>``, the key becomes unique and the stage recomputes. With
+    ``runtime["storage_uri"]`` an artifact the store lacks (a store configured after it was made, or pruned) also
+    misses, so the task runs and :func:`run_stage` publishes the local copy without recomputing it.
     """
 
     stage: str = ""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters, **kwargs) -> str | None:
         key = stage_key(self.stage, inputs["section"], inputs["upstream"])
-        if is_complete(artifact_dir(inputs["home"], self.stage, key)):
+        storage_uri = (inputs.get("runtime") or {}).get("storage_uri")
+        published = not storage_uri or ArtifactStore(storage_uri).has(self.stage, key)
+        if published and is_complete(artifact_dir(inputs["home"], self.stage, key)):
             return f"{self.stage}:{key}:present"
         return f"{self.stage}:{key}:missing:{uuid.uuid4().hex}"
 
@@ -68,7 +72,7 @@ def run_stage(
     store = ArtifactStore(runtime["storage_uri"]) if runtime and runtime.get("storage_uri") else None
     if is_complete(final):
         if store is not None:
-            store.publish(final, stage, key)  # no-op when published; catches up artifacts made before the store
+            store.publish(final, stage, key)  # no-op when published; catches up artifacts the store lacks
         return {"stage": stage, "key": key, "path": str(final), "computed": False, "seconds": 0.0}
     if store is not None and store.has(stage, key):
         store.fetch(stage, key, final)

@@ -4,6 +4,7 @@ tiny config: every stage's artifact, a registered model version that loads and g
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,12 @@ def tiny_overrides(teacher_dir: Path, home: Path) -> list[str]:
     ]
 
 
+def stored_fanout_overrides(teacher_dir: Path, home: Path, store_uri: str) -> list[str]:
+    """The tiny config publishing to a shared store, with two Ray teacher replicas for the teacher pass (same
+    artifact as in-process: test_teacher_fanout)."""
+    return tiny_overrides(teacher_dir, home) + [f"storage.uri={store_uri}", "cache.num_workers=2"]
+
+
 @pytest.fixture(scope="module")
 def store_uri(tmp_path_factory) -> str:
     """A shared artifact store (file:// here; s3:// in test_artifact_store) every run below publishes to."""
@@ -55,8 +62,7 @@ def flow_runs(tiny_teacher_dir, tmp_path_factory, store_uri):
     from flows.dskd_pipeline import dskd_pipeline
 
     home = tmp_path_factory.mktemp("e2e_home")
-    # Two Ray teacher replicas for the teacher pass (same artifact as in-process: test_teacher_fanout).
-    overrides = tiny_overrides(tiny_teacher_dir, home) + [f"storage.uri={store_uri}", "cache.num_workers=2"]
+    overrides = stored_fanout_overrides(tiny_teacher_dir, home, store_uri)
     first = dskd_pipeline(None, overrides)
     second = dskd_pipeline(None, overrides)
     return home, first, second
@@ -66,7 +72,12 @@ def test_another_machine_fetches_every_artifact_from_the_store(flow_runs, tiny_t
     """A fresh DSKD_HOME with the same storage.uri (another node, a new CI runner) recomputes nothing."""
     from flows.dskd_pipeline import dskd_pipeline
 
-    _, first, _ = flow_runs
+    home, first, _ = flow_runs
+    # The store lost one artifact (pruned, or configured after it was made): a rerun on the first machine
+    # republishes it from its local copy without recomputing anything.
+    shutil.rmtree(Path(store_uri.removeprefix("file://"), "artifacts", "lexicon"))
+    again = dskd_pipeline(None, stored_fanout_overrides(tiny_teacher_dir, home, store_uri))
+    assert all(row["cached"] for row in again["stages"]) and again["keys"] == first["keys"]
     other = dskd_pipeline(None, tiny_overrides(tiny_teacher_dir, tmp_path / "home2") + [f"storage.uri={store_uri}"])
     assert other["keys"] == first["keys"]
     assert all(row.get("fetched") for row in other["stages"]), [r["stage"] for r in other["stages"]]
