@@ -315,6 +315,34 @@ class Trainer:
 # -- timing --------------------------------------------------------------------------------------------------------
 
 
+def lookup_batch_candidates(table, lex, sen, kappa: int, queries: list, next_ids: list, n_full: list[int]) -> list:
+    """The sense-index stage's exact top-κ candidate lookup for one batch, split back per sequence.
+
+    ``queries[b]``: teacher hidden states at sequence b's sense positions (its full positions first),
+    ``next_ids[b]``: the tokens they predict, ``n_full[b]``: how many positions are full ones.
+    Returns ``[(full flags, pos_rows, neg_rows)]`` per sequence.
+    """
+    import numpy as np
+
+    from dskd.candidates import select_candidates
+
+    flag = np.concatenate([np.arange(len(nxt)) < f for nxt, f in zip(next_ids, n_full, strict=True)])
+    owner = np.concatenate([np.full(len(nxt), b) for b, nxt in enumerate(next_ids)])
+    pos_rows, neg_rows = select_candidates(
+        table,
+        np.concatenate(queries),
+        np.concatenate(next_ids),
+        flag,
+        lex,
+        kappa=kappa,
+        max_related=sen.max_related,
+        self_in_both_pools=sen.self_in_both_pools,
+        seed=sen.seed,
+        use_gpu=False,
+    )
+    return [(flag[owner == b], pos_rows[owner == b], neg_rows[owner == b]) for b in range(len(next_ids))]
+
+
 def interleave(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Run the callables side by side: ``warmup`` untimed rounds, then ``repeats`` timed rounds whose order
     alternates (A B, B A, ...) so slow drift of the machine hits every variant alike. Returns seconds per variant."""

@@ -36,7 +36,6 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from dskd.candidates import select_candidates
     from dskd.lexicon.token_map import read_lexicon
     from dskd.senses import SenseTable
     from dskd.teacher import load_causal_lm, resolve_compute_dtype, resolve_device
@@ -87,38 +86,28 @@ def main() -> None:
                 values, top_ids, lse, _, hidden = teacher_outputs(
                     teacher, ids.to(device), cache_cfg.topk, cache_cfg.kd_temperature
                 )
-            q, nxt, flags, owner = [], [], [], []
-            for b, (seq, full, posonly) in enumerate(chunk):
-                entries = np.concatenate([full, posonly])
-                q.append(hidden[b, torch.from_numpy(entries)].cpu().numpy())
-                nxt.append(seq[entries + 1])
-                flags.append(np.concatenate([np.ones(len(full), bool), np.zeros(len(posonly), bool)]))
-                owner.append(np.full(len(entries), b))
-            pos_rows, neg_rows = select_candidates(
+            entries = [np.concatenate([full, posonly]) for _, full, posonly in chunk]
+            per_seq = C.lookup_batch_candidates(
                 table,
-                np.concatenate(q),
-                np.concatenate(nxt),
-                np.concatenate(flags),
                 lex,
-                kappa=kappa,
-                max_related=sen.max_related,
-                self_in_both_pools=sen.self_in_both_pools,
-                seed=sen.seed,
-                use_gpu=False,
+                sen,
+                kappa,
+                [hidden[b, torch.from_numpy(e)].cpu().numpy() for b, e in enumerate(entries)],
+                [seq[e + 1] for (seq, _, _), e in zip(chunk, entries, strict=True)],
+                [len(full) for _, full, _ in chunk],
             )
-            own, flag = np.concatenate(owner), np.concatenate(flags)
             rows = [
                 TrainRow(
                     input_ids=seq,
                     topk_ids=top_ids[b].cpu().numpy().astype(np.int64),
                     topk_logits=values[b].cpu().numpy(),
                     lse=lse[b].cpu().numpy(),
-                    sense_positions=np.concatenate([full, posonly]),
-                    full=flag[own == b],
-                    pos_rows=pos_rows[own == b],
-                    neg_rows=neg_rows[own == b],
+                    sense_positions=entries[b],
+                    full=flags,
+                    pos_rows=pos_rows,
+                    neg_rows=neg_rows,
                 )
-                for b, (seq, full, posonly) in enumerate(chunk)
+                for b, ((seq, _, _), (flags, pos_rows, neg_rows)) in enumerate(zip(chunk, per_seq, strict=True))
             ]
             trainer.step(collate(rows), "dskd")
 

@@ -37,7 +37,6 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from dskd.candidates import select_candidates
     from dskd.lexicon.token_map import read_lexicon
     from dskd.sampling import sample_sense_positions
     from dskd.senses import SenseTable
@@ -72,38 +71,29 @@ def main() -> None:
         t0 = time.perf_counter()
         for b in range(B):  # sampling (annotate stage), per sequence
             sample_sense_positions(has_lex[ids[b][1:]], rng, max_n=sen.max_positions, frac=sen.frac_positions)
-        q, nxt, flags, owner = [], [], [], []
-        for b in range(B):  # candidate lookup input (sense-index stage): cached hidden states at the positions
-            entries = np.concatenate([full[b], posonly[b]])
-            q.append(hidden[b][np.searchsorted(union[b], entries)])
-            nxt.append(ids[b][entries + 1])
-            flags.append(np.concatenate([np.ones(len(full[b]), bool), np.zeros(len(posonly[b]), bool)]))
-            owner.append(np.full(len(entries), b))
-        pos_rows, neg_rows = select_candidates(
+        # Candidate lookup input (sense-index stage): the cached hidden states at the positions.
+        entries = [np.concatenate([full[b], posonly[b]]) for b in range(B)]
+        per_seq = C.lookup_batch_candidates(
             table,
-            np.concatenate(q),
-            np.concatenate(nxt),
-            np.concatenate(flags),
             lex,
-            kappa=kappa,
-            max_related=sen.max_related,
-            self_in_both_pools=sen.self_in_both_pools,
-            seed=sen.seed,
-            use_gpu=False,
+            sen,
+            kappa,
+            [hidden[b][np.searchsorted(union[b], e)] for b, e in enumerate(entries)],
+            [ids[b][e + 1] for b, e in enumerate(entries)],
+            [len(f) for f in full],
         )
-        own = np.concatenate(owner)
         out = [
             TrainRow(
                 input_ids=r.input_ids,
                 topk_ids=r.topk_ids,
                 topk_logits=r.topk_logits,
                 lse=r.lse,
-                sense_positions=np.concatenate([full[b], posonly[b]]),
-                full=np.concatenate(flags)[own == b],
-                pos_rows=pos_rows[own == b],
-                neg_rows=neg_rows[own == b],
+                sense_positions=entries[b],
+                full=flags,
+                pos_rows=pos_rows,
+                neg_rows=neg_rows,
             )
-            for b, r in enumerate(rows)
+            for b, (r, (flags, pos_rows, neg_rows)) in enumerate(zip(rows, per_seq, strict=True))
         ]
         prep_times.append(time.perf_counter() - t0)
         return out
