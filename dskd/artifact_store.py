@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -95,6 +96,11 @@ class ArtifactStore:
             return False
         self.fetch(artifact.parent.name, artifact.name, artifact)
         return True
+
+    def ensure_all_local(self, artifacts: Iterable[str | Path]) -> int:
+        """:meth:`ensure_local` for each artifact dir (what a worker on another node reads); returns how many were
+        fetched."""
+        return sum(self.ensure_local(Path(artifact)) for artifact in artifacts)
 
     # Staging: scratch space for workers on nodes without a shared mount (the teacher pass's replicas upload
     # their shards here; the driver collects them into its artifact and removes the staging dir).

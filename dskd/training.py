@@ -139,9 +139,7 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
     """Train the student on this worker's share of the cache; rank 0 writes checkpoints and the final model."""
     cfg = job.train
     if job.storage_uri:
-        store = ArtifactStore(job.storage_uri)
-        for artifact in job.artifact_dirs:
-            store.ensure_local(Path(artifact))
+        ArtifactStore(job.storage_uri).ensure_all_local(job.artifact_dirs)
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(cfg["threads_per_worker"])
     model = build_student(

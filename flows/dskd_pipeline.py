@@ -95,8 +95,7 @@ def run_stage_task(
 ) -> dict[str, Any]:
     """Submit one stage task; returns its result with ``cached`` and wall ``seconds`` (also tagged on the parent)."""
     t0 = time.perf_counter()
-    kwargs = {"runtime": runtime} if runtime else {}
-    state = stage_task(section, upstream, home, tracking_cfg, parent.run_id, return_state=True, **kwargs)
+    state = stage_task(section, upstream, home, tracking_cfg, parent.run_id, runtime, return_state=True)
     result = state.result()
     cached = state.name == "Cached" or not result["computed"]
     parent.stage_done(stage, result, cached)

@@ -42,9 +42,8 @@ class TeacherReplica:
         from dskd.teacher_cache import TeacherPass
 
         self.store = ArtifactStore(storage_uri) if storage_uri else None
-        for artifact in artifact_dirs or []:
-            if self.store is not None:
-                self.store.ensure_local(Path(artifact))
+        if self.store is not None:
+            self.store.ensure_all_local(artifact_dirs or [])
         self.teacher = TeacherPass(Path(model_dir), section, capture, threads)
 
     def cache(self, shard_index: int, shard_path: str, out_dir: str, staging: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def test_publish_then_fetch_into_another_home(tmp_path):
     assert is_complete(other) and read_manifest(other) == read_manifest(local)
     assert (other / "pairs.txt").read_text() == "happy glad\n" and (other / "sub" / "x.bin").stat().st_size == 3
     assert store.ensure_local(other) is False  # complete locally: no transfer
+    assert store.ensure_all_local([other, str(artifact_dir(tmp_path / "c", "lexicon", "k1"))]) == 1
 
 
 def test_a_corrupted_remote_file_is_refused_and_nothing_is_left(tmp_path):
