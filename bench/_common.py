@@ -117,7 +117,7 @@ def smollm_teacher(home: Path) -> Path:
                 log(f"teacher: copying the pipeline's converted SmolLM2 from {model}")
                 shutil.copytree(model, tmp)
                 return
-        from dskd.teacher import convert_gguf_teacher, gguf_source
+        from dskd.teacher.model import convert_gguf_teacher, gguf_source
 
         log("teacher: converting the SmolLM2 GGUF to a HF dir (~25 s, once)")
         convert_gguf_teacher(gguf_source(GGUF_PACKAGE, GGUF_FILE), tmp, "bfloat16")
@@ -131,7 +131,7 @@ def tiny_teacher(home: Path) -> Path:
     def build(tmp: Path) -> None:
         from transformers import AutoTokenizer
 
-        from dskd.teacher import gguf_source, save_tiny_llama
+        from dskd.teacher.model import gguf_source, save_tiny_llama
 
         real = home / "teachers" / "smollm2"
         if (real / "tokenizer.json").is_file():
@@ -233,7 +233,7 @@ def model_dir_of(stages: dict[str, dict[str, Any]]) -> Path:
 
 
 class LocalContext:
-    """A single-process dskd.training.WorkerContext (rank 0 of 1, no Ray): reports and metrics go nowhere."""
+    """A single-process dskd.train.loop.WorkerContext (rank 0 of 1, no Ray): reports and metrics go nowhere."""
 
     rank, world_size, device = 0, 1, "cpu"
 
@@ -257,16 +257,16 @@ class LocalContext:
 
 
 class Trainer:
-    """The student, optimizer and scheduler of ``dskd.training.run_training``, stepped with its own ``_train_step``
+    """The student, optimizer and scheduler of ``dskd.train.loop.run_training``, stepped with its own ``_train_step``
     (the training step the Ray workers run), one batch at a time."""
 
     def __init__(self, cfg, stages: dict[str, dict[str, Any]], scratch: Path) -> None:
         import torch
         from transformers import get_cosine_schedule_with_warmup
 
-        from dskd.senses import SenseTable
-        from dskd.student import build_student
-        from dskd.training import TrainJob
+        from dskd.senses.dictionary import SenseTable
+        from dskd.train.loop import TrainJob
+        from dskd.train.student import build_student
 
         st = cfg.student
         torch.manual_seed(cfg.train.seed)
@@ -292,7 +292,7 @@ class Trainer:
         self.n = 0
 
     def step(self, batch, loss: str) -> None:
-        from dskd.training import _train_step
+        from dskd.train.loop import _train_step
 
         cfg = {**self.train_cfg, "loss": loss}
         self.n = _train_step(
@@ -324,7 +324,7 @@ def lookup_batch_candidates(table, lex, sen, kappa: int, queries: list, next_ids
     """
     import numpy as np
 
-    from dskd.candidates import select_candidates
+    from dskd.senses.candidates import select_candidates
 
     flag = np.concatenate([np.arange(len(nxt)) < f for nxt, f in zip(next_ids, n_full, strict=True)])
     owner = np.concatenate([np.full(len(nxt), b) for b, nxt in enumerate(next_ids)])

@@ -1,13 +1,13 @@
 """Student epoch from the teacher cache / the same epoch with the teacher run online (target <= 0.5).
 
-Both epochs train the same DSKD student (``dskd.training._train_step``, the Ray workers' step, at the worker's thread
+Both epochs train the same DSKD student (``dskd.train.loop._train_step``, the Ray workers' step, at the worker's thread
 count) over the same sequences with the same batch size; they differ only in where the teacher signals come from:
 
-* cached (this pipeline): ``dskd.train_data.iter_rows`` reads the annotate + teacher-cache + candidate shards,
+* cached (this pipeline): ``dskd.train.data.iter_rows`` reads the annotate + teacher-cache + candidate shards,
   ``collate``, step;
-* online (the reference's setup): per batch, the teacher runs (``dskd.teacher_cache.teacher_outputs``: top-k logits,
+* online (the reference's setup): per batch, the teacher runs (``dskd.teacher.cache.teacher_outputs``: top-k logits,
   logsumexp, final hidden states), the exact candidate lookup runs on its hidden states at the sense positions
-  (``dskd.candidates.select_candidates``), then the same ``collate`` and step.
+  (``dskd.senses.candidates.select_candidates``), then the same ``collate`` and step.
 
 The sense dictionary is prebuilt in both (the online setup needs one too). Epochs are interleaved, medians compared.
 """
@@ -37,10 +37,10 @@ def main() -> None:
     import torch
 
     from dskd.lexicon.token_map import read_lexicon
-    from dskd.senses import SenseTable
-    from dskd.teacher import load_causal_lm, resolve_compute_dtype, resolve_device
-    from dskd.teacher_cache import teacher_outputs
-    from dskd.train_data import TrainRow, collate, iter_rows, shard_paths
+    from dskd.senses.dictionary import SenseTable
+    from dskd.teacher.cache import teacher_outputs
+    from dskd.teacher.model import load_causal_lm, resolve_compute_dtype, resolve_device
+    from dskd.train.data import TrainRow, collate, iter_rows, shard_paths
 
     cfg = C.config(args)
     stages = C.run_stages(cfg, "sense_index")

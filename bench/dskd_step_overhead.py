@@ -1,7 +1,7 @@
 """DSKD training step / KD training step on the same batch, sense loss, candidate lookup and sampling included
 (target <= 1.05).
 
-Both steps are ``dskd.training._train_step`` (the step the Ray workers run: forward, losses, backward, AdamW,
+Both steps are ``dskd.train.loop._train_step`` (the step the Ray workers run: forward, losses, backward, AdamW,
 scheduler) on the student of the bench profile (default: the teacher's first 15 layers, top 2 trainable) at the
 worker's thread count (``train.threads_per_worker``), on the same batch of cached training rows.
 
@@ -37,10 +37,10 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
+    from dskd.data.sampling import sample_sense_positions
     from dskd.lexicon.token_map import read_lexicon
-    from dskd.sampling import sample_sense_positions
-    from dskd.senses import SenseTable
-    from dskd.train_data import TrainRow, _row, collate, shard_paths
+    from dskd.senses.dictionary import SenseTable
+    from dskd.train.data import TrainRow, _row, collate, shard_paths
 
     cfg = C.config(args)
     stages = C.run_stages(cfg, "sense_index")

@@ -1,12 +1,13 @@
 """Sense-dictionary build with faiss k-means / sklearn KMeans per token on the same vectors (target <= 0.2).
 
 Vectors: the real dictionary reservoir of the bench's teacher cache (``reservoir.parquet``, read with
-``dskd.teacher_cache.read_reservoir``), only tokens with more than k vectors (both sides copy the raw vectors of the
-others). faiss: ``dskd.senses.build_sense_table`` (the sense-index stage's call, CPU). sklearn: the reference's
-per-token ``KMeans(n_clusters=k, init="k-means++", n_init=1)`` with the same iteration cap (``max_iter=niter``) and
-seed. Both see the same threads (faiss: its default OpenMP threads, as the stage runs it); the details also time
-faiss pinned to one thread, much faster for these many tiny problems on a busy machine. The details compare the
-clusterings too (mean squared distance of each vector to its nearest centroid): speed must not cost sense quality.
+``dskd.teacher.cache.read_reservoir``), only tokens with more than k vectors (both sides copy the raw vectors of the
+others). faiss: ``dskd.senses.dictionary.build_sense_table`` (the sense-index stage's call, CPU). sklearn: the
+reference's per-token ``KMeans(n_clusters=k, init="k-means++", n_init=1)`` with the same iteration cap
+(``max_iter=niter``) and seed. Both see the same threads (faiss: its default OpenMP threads, as the stage runs it);
+the details also time faiss pinned to one thread, much faster for these many tiny problems on a busy machine. The
+details compare the clusterings too (mean squared distance of each vector to its nearest centroid): speed must not
+cost sense quality.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def main() -> None:
     import numpy as np
     from sklearn.cluster import KMeans
 
-    from dskd.senses import build_sense_table
-    from dskd.teacher_cache import read_reservoir
+    from dskd.senses.dictionary import build_sense_table
+    from dskd.teacher.cache import read_reservoir
 
     cfg = C.config(args)
     stages = C.run_stages(cfg, "teacher_cache")

@@ -14,8 +14,9 @@ logits at T = 2 and q̂ the distribution reconstructed from what the cache holds
 * rest bucket: r = max(0, 1 - Σ_i q̂_i), spread uniformly over the V - k other ids: q̂_j = r / (V - k), floored at
   float32's tiny like the loss's log q_rest.
 
-That is the distribution ``dskd.losses.kd_loss`` implicitly assumes: it matches the student on the k + 1 cells (top-k
-ids + rest) and is blind to how the rest mass is spread, i.e. it treats the teacher as uniform over the rest.
+That is the distribution ``dskd.train.losses.kd_loss`` implicitly assumes: it matches the student on the k + 1
+cells (top-k ids + rest) and is blind to how the rest mass is spread, i.e. it treats the teacher as uniform over
+the rest.
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from dskd.annotate import TRAIN_SCHEMA, read_sequences, write_shards
-    from dskd.senses import Reservoir
-    from dskd.teacher import final_hidden_and_logits, load_causal_lm, resolve_compute_dtype, resolve_device
-    from dskd.teacher_cache import cache_shard
+    from dskd.data.annotate import TRAIN_SCHEMA, read_sequences, write_shards
+    from dskd.senses.dictionary import Reservoir
+    from dskd.teacher.cache import cache_shard
+    from dskd.teacher.model import final_hidden_and_logits, load_causal_lm, resolve_compute_dtype, resolve_device
 
     cfg = C.config(args)
     stages = C.run_stages(cfg, "teacher_cache")

@@ -1,7 +1,7 @@
 """Ray Train tokens/s with 2 workers / 1 worker, 1 thread each (target >= 1.6).
 
 Each run is the pipeline's own launch, ``tasks.ray_train.fit`` (TorchTrainer, ScalingConfig(num_workers, CPU:1 per
-worker), DDP over gloo, ``dskd.training.run_training`` on every worker) on the bench's cached artifacts, with
+worker), DDP over gloo, ``dskd.train.loop.run_training`` on every worker) on the bench's cached artifacts, with
 ``train.threads_per_worker=1``. To time steps, fit's per-worker entry point is swapped for one that differs from
 ``tasks.ray_train.train_loop_per_worker`` only by passing run_training an ``on_step`` hook that stamps the wall
 clock on rank 0. Throughput = global tokens (workers x batch x seq_len per step) over the stamped time of the
@@ -25,7 +25,7 @@ def make_loop(stamp_file: str):
     """train_loop_per_worker + an on_step timestamp hook (rank 0 writes the stamps)."""
 
     def loop(config: dict) -> None:
-        from dskd.training import TrainJob, run_training
+        from dskd.train.loop import TrainJob, run_training
         from tasks.ray_train import RayWorkerContext
 
         ctx = RayWorkerContext(config.get("tracking_uri"), config.get("mlflow_run_id"))
@@ -54,7 +54,7 @@ def main() -> None:
     import ray
 
     import tasks.ray_train as rt
-    from dskd.training import TrainJob
+    from dskd.train.loop import TrainJob
 
     cfg = C.config(args)
     stages = C.run_stages(cfg, "sense_index")

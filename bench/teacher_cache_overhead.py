@@ -30,9 +30,9 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    import dskd.teacher_cache as pass_mod
+    import dskd.teacher.cache as pass_mod
     import tasks.cache_teacher_outputs as stage_mod
-    from dskd.teacher import load_causal_lm, resolve_compute_dtype, resolve_device
+    from dskd.teacher.model import load_causal_lm, resolve_compute_dtype, resolve_device
 
     cfg = C.config(args, corpus__n_train_seqs=n_seqs)
     stages = C.run_stages(cfg, "annotate")

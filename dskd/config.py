@@ -157,7 +157,7 @@ class EvalConfig(Section):
     tasks: dict[str, dict[str, Any]] | None = Field(
         None,
         description="multiple-choice suite {task: {limit, k_shot, split}}; tasks: arc_easy, arc_challenge, "
-        "commonsense_qa, piqa, mmlu, jsonl:<path>; None = dskd.mc_eval.DEFAULT_SUITE; {} = none",
+        "commonsense_qa, piqa, mmlu, jsonl:<path>; None = dskd.eval.mc_eval.DEFAULT_SUITE; {} = none",
     )
     probe_items: int = Field(100, ge=0, description="WordNet lexical probe items (held-out words); 0 = off")
     seed: int = Field(0, description="item sampling and few-shot seed (the same for every model)")

@@ -9,8 +9,8 @@ from typing import Any
 from prefect import flow
 
 from dskd.config import PipelineConfig, load_config
-from dskd.corpus import content_hash, source_files
-from dskd.student import check_same_vocabulary
+from dskd.data.corpus import content_hash, source_files
+from dskd.train.student import check_same_vocabulary
 from tasks.annotate_corpus import annotate_corpus
 from tasks.build_lexicon import build_lexicon
 from tasks.build_sense_index import build_sense_index

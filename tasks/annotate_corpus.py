@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from dskd.annotate import (
+from dskd.data.annotate import (
     HELDOUT_SCHEMA,
     TRAIN_SCHEMA,
     annotate_sequences,
@@ -16,9 +16,9 @@ from dskd.annotate import (
     split_documents,
     write_shards,
 )
-from dskd.corpus import iter_documents
+from dskd.data.corpus import iter_documents
 from dskd.lexicon.token_map import coverage, read_lexicon
-from dskd.teacher import load_tokenizer
+from dskd.teacher.model import load_tokenizer
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 

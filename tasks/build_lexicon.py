@@ -7,13 +7,13 @@ from typing import Any
 
 from prefect import task
 
-from dskd.lexical_probe import drop_heldout_pairs
+from dskd.eval.lexical_probe import drop_heldout_pairs
 from dskd.lexicon.polarity import fix_polarity
 from dskd.lexicon.token_map import build_token_lexicon, write_lexicon
 from dskd.lexicon.types import ANTONYM, SYNONYM
 from dskd.lexicon.wiktionary import kaikki_pairs
 from dskd.lexicon.wordnet import load_wordnet, wordnet_pairs
-from dskd.teacher import load_tokenizer
+from dskd.teacher.model import load_tokenizer
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from dskd.cache_schema import CANDIDATES_SCHEMA
-from dskd.candidates import select_candidates
 from dskd.lexicon.token_map import read_lexicon
 from dskd.plots import senses_histogram
-from dskd.senses import build_sense_table, compose_virtual_senses, faiss_single_thread
-from dskd.teacher_cache import read_reservoir
+from dskd.senses.candidates import select_candidates
+from dskd.senses.dictionary import build_sense_table, compose_virtual_senses, faiss_single_thread
+from dskd.teacher.cache import read_reservoir
+from dskd.teacher.schema import CANDIDATES_SCHEMA
 from tasks.common import run_stage, stage_cache_policy
 
 STAGE = "sense_index"

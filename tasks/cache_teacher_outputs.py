@@ -10,9 +10,9 @@ from typing import Any
 from prefect import task
 from tqdm import tqdm
 
-from dskd.reservoir_merge import merge_reservoir_parts, part_paths
-from dskd.teacher import load_tokenizer
-from dskd.teacher_cache import TeacherPass, reservoir_file_rows, tokenizer_hash, write_reservoir
+from dskd.teacher.cache import TeacherPass, reservoir_file_rows, tokenizer_hash, write_reservoir
+from dskd.teacher.model import load_tokenizer
+from dskd.teacher.reservoir_merge import merge_reservoir_parts, part_paths
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
-from dskd.artifact_store import ArtifactStore
-from dskd.artifacts import artifact_dir, is_complete, stage_key, write_artifact
+from dskd.store.artifacts import artifact_dir, is_complete, stage_key, write_artifact
+from dskd.store.remote import ArtifactStore
 from tasks import tracking
 
 
@@ -63,7 +63,7 @@ def run_stage(
 
     ``build(tmp_dir, extra, upstream_paths)`` writes files into tmp_dir and may put metrics into
     ``extra["metrics"]`` and other manifest fields into ``extra``. ``runtime["storage_uri"]``: the shared
-    store (:class:`dskd.artifact_store.ArtifactStore`), if any.
+    store (:class:`dskd.store.remote.ArtifactStore`), if any.
     Returns {stage, key, path, computed, seconds} (+ ``fetched`` when it came from the store).
     """
     key = stage_key(stage, section, upstream)

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from dskd.comparison import markdown_table, plot_loss_curves, plot_metric_bars, summarise
+from dskd.eval.comparison import markdown_table, plot_loss_curves, plot_metric_bars, summarise
 from tasks.common import run_stage, stage_cache_policy
 
 STAGE = "compare"

@@ -9,11 +9,11 @@ from typing import Any
 
 from prefect import task
 
-from dskd.annotate import read_sequences
-from dskd.evaluation import evaluate_model
+from dskd.data.annotate import read_sequences
+from dskd.eval.evaluation import evaluate_model
 from dskd.lexicon.wordnet import load_wordnet
-from dskd.student import build_student
-from dskd.teacher import load_causal_lm, load_tokenizer
+from dskd.teacher.model import load_causal_lm, load_tokenizer
+from dskd.train.student import build_student
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 

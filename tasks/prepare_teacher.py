@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from dskd.teacher import check_model_dir, convert_gguf_teacher, gguf_source
+from dskd.teacher.model import check_model_dir, convert_gguf_teacher, gguf_source
 from tasks.common import run_stage, stage_cache_policy
 
 STAGE = "teacher"

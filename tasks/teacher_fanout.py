@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.util import ActorPool
 
-from dskd.artifact_store import ArtifactStore
+from dskd.store.remote import ArtifactStore
 from tasks.ray_train import ray_session
 
 
@@ -39,7 +39,7 @@ class TeacherReplica:
         storage_uri: str | None = None,
         artifact_dirs: list[str] | None = None,
     ) -> None:
-        from dskd.teacher_cache import TeacherPass
+        from dskd.teacher.cache import TeacherPass
 
         self.store = ArtifactStore(storage_uri) if storage_uri else None
         if self.store is not None:

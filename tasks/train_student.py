@@ -10,9 +10,9 @@ from typing import Any
 import ray
 from prefect import task
 
-from dskd.cache_schema import capture_of, check_capture
 from dskd.plots import loss_curves
-from dskd.training import TrainJob
+from dskd.teacher.schema import capture_of, check_capture
+from dskd.train.loop import TrainJob
 from tasks.cache_teacher_outputs import expected_capture
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir

@@ -38,6 +38,6 @@ def smollm_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(smollm_tokenizer, tmp_path_factory) -> Path:
     """A random-init 4-layer Llama with the real SmolLM2 tokenizer, saved as a local HF dir (safetensors)."""
-    from dskd.teacher import save_tiny_llama
+    from dskd.teacher.model import save_tiny_llama
 
     return save_tiny_llama(smollm_tokenizer, tmp_path_factory.mktemp("tiny_teacher"))

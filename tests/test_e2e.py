@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dskd.artifacts import read_manifest
+from dskd.store.artifacts import read_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -169,7 +169,7 @@ def test_mlflow_parent_and_nested_runs(flow_runs):
 def test_changed_corpus_file_recomputes_only_downstream(flow_runs, tiny_teacher_dir, tmp_path):
     """Scheduled-retraining semantics: an edited corpus file changes the content hash, so annotate and every
     stage after it recompute while the teacher and the lexicon stay cached; a new model version is registered."""
-    from dskd.corpus import iter_documents
+    from dskd.data.corpus import iter_documents
     from flows.dskd_pipeline import dskd_pipeline
 
     home, _, _ = flow_runs

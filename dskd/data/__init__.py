@@ -1,0 +1,1 @@
+"""Stage 1-2 inputs: corpus reading, annotation into token sequences, sense-position sampling."""

@@ -1,0 +1,52 @@
+"""The evaluation suite, same code for the teacher and every student: held-out perplexity and next-token
+accuracy, lm-eval-harness-style multiple-choice scoring, and the WordNet lexical probe."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def heldout_metrics(model, sequences: np.ndarray, batch_size: int = 8, device: str = "cpu") -> dict[str, float]:
+    """Perplexity and next-token accuracy over [N, L] held-out token sequences (every position t < L-1)."""
+    model.eval()
+    total_nll = 0.0
+    correct = 0
+    count = 0
+    for start in range(0, len(sequences), batch_size):
+        ids = torch.as_tensor(sequences[start : start + batch_size], dtype=torch.long, device=device)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        targets = ids[:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        total_nll += float(nll)
+        correct += int((logits.argmax(-1) == targets).sum())
+        count += targets.numel()
+    mean_nll = total_nll / max(count, 1)
+    return {
+        "heldout_nll": mean_nll,
+        "heldout_perplexity": math.exp(mean_nll),
+        "heldout_accuracy": correct / max(count, 1),
+        "heldout_tokens": float(count),
+    }
+
+
+def evaluate_model(
+    model, tokenizer, heldout: np.ndarray, cfg: dict, wordnet=None, device: str = "cpu"
+) -> dict[str, float]:
+    """Flat metrics for one model: heldout_*, mc.<task>.acc/acc_norm, probe.<kind>.acc (see EvalConfig)."""
+    from dskd.eval.lexical_probe import build_probe_items, score_probe
+    from dskd.eval.mc_eval import evaluate_suite
+
+    metrics = heldout_metrics(model, heldout, cfg["batch_size"], device)
+    if cfg["tasks"] != {}:
+        for task, m in evaluate_suite(model, tokenizer, cfg["tasks"], seed=cfg["seed"], device=device).items():
+            metrics.update({f"mc.{task}.acc": m["acc"], f"mc.{task}.acc_norm": m["acc_norm"], f"mc.{task}.n": m["n"]})
+    if cfg["probe_items"] and wordnet is not None:
+        items = build_probe_items(wordnet, tokenizer, cfg["probe_items"], cfg["seed"])
+        for kind, m in score_probe(model, tokenizer, items, device=device).items():
+            metrics.update({f"probe.{kind}.acc": m["acc"], f"probe.{kind}.n": m["n"]})
+    return metrics

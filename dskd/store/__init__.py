@@ -1,0 +1,1 @@
+"""Artifacts on disk (atomic dirs + manifests) and the shared pyarrow.fs store."""

@@ -1,0 +1,205 @@
+"""One streaming teacher pass: top-k logits for KD, hidden states for the sense dictionary and sense positions.
+
+Memory stays bounded: shards are processed batch by batch, and the dictionary reservoir keeps at most
+``reservoir_per_token`` vectors per predicted token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from dskd.senses.dictionary import Reservoir
+from dskd.teacher.model import final_hidden_and_logits, load_causal_lm, resolve_compute_dtype, resolve_device
+from dskd.teacher.schema import RESERVOIR_SCHEMA, teacher_cache_schema
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """Hash of the tokenizer's vocabulary: a cache is only valid for the tokenizer it was built with."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def teacher_outputs(
+    model, input_ids: torch.Tensor, topk: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(topk values, topk ids, lse_T, argmax ids, final hidden) for a batch [B, L]."""
+    hidden, logits = final_hidden_and_logits(model, input_ids)
+    logits = logits.float()
+    values, ids = logits.topk(topk, dim=-1)
+    lse = torch.logsumexp(logits / temperature, dim=-1)
+    return values, ids, lse, ids[..., 0], hidden.float()
+
+
+def cache_shard(
+    model,
+    shard_path: Path,
+    out_path: Path,
+    reservoir: Reservoir,
+    capture: dict[str, Any],
+    batch_size: int,
+    device: str,
+    progress: tqdm | None = None,
+) -> int:
+    """Run the teacher over one annotated shard; write its cache shard; feed the reservoir. Returns rows."""
+    table = pq.read_table(shard_path)
+    seq_ids = table.column("seq_id").to_numpy()
+    input_ids = np.asarray(table.column("input_ids").to_pylist(), dtype=np.int64)
+    full = table.column("full_positions").to_pylist()
+    posonly = table.column("posonly_positions").to_pylist()
+    schema = teacher_cache_schema(capture["vocab_size"], capture)
+    id_dtype = np.uint16 if schema.field("topk_ids").type.value_type == pa.uint16() else np.int32
+    topk, temperature = capture["topk"], capture["kd_temperature"]
+    # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
+    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False) as writer:
+        for start in range(0, len(seq_ids), batch_size):
+            batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
+            values, ids, lse, argmax, hidden = teacher_outputs(model, batch, topk, temperature)
+            hidden_np = hidden.cpu().numpy()
+            # Dictionary: file each vector under the token the teacher PREDICTS there (method.md §1).
+            reservoir.add(argmax.cpu().numpy().reshape(-1), hidden_np.reshape(-1, hidden_np.shape[-1]))
+            rows = []
+            for b in range(batch.shape[0]):
+                i = start + b
+                positions = np.union1d(full[i], posonly[i]).astype(np.int32)
+                rows.append(
+                    {
+                        "seq_id": int(seq_ids[i]),
+                        "topk_ids": ids[b].cpu().numpy().astype(id_dtype).reshape(-1),
+                        "topk_logits": values[b].cpu().numpy().astype(np.float16).reshape(-1),
+                        "lse": lse[b].cpu().numpy().astype(np.float32),
+                        "sense_positions": positions,
+                        "sense_hidden": hidden_np[b, positions].astype(np.float16).reshape(-1),
+                    }
+                )
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            if progress is not None:
+                progress.update(batch.numel())
+    return len(seq_ids)
+
+
+def shard_cache_name(shard_path: Path) -> str:
+    """Cache shard file name for an annotated shard (train-00003.parquet -> cache-00003.parquet)."""
+    return shard_path.name.replace("train-", "cache-")
+
+
+def cache_shard_and_sample(
+    model,
+    shard_index: int,
+    shard_path: Path,
+    out_dir: Path,
+    capture: dict[str, Any],
+    batch_size: int,
+    reservoir_cap: int,
+    device: str,
+    progress: tqdm | None = None,
+) -> dict[str, int]:
+    """One shard of the teacher pass: ``out_dir/shards/cache-*.parquet`` + ``out_dir/parts/reservoir-<i>.parquet``.
+
+    The shard's reservoir is seeded by ``shard_index`` alone, so merging the parts in shard order
+    (:mod:`dskd.teacher.reservoir_merge`) gives the same dictionary however shards were spread over workers.
+    """
+    reservoir = Reservoir(cap=reservoir_cap, dim=capture["hidden_size"], seed=shard_index, dtype=np.float16)
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    (out_dir / "parts").mkdir(parents=True, exist_ok=True)
+    rows = cache_shard(
+        model,
+        shard_path,
+        out_dir / "shards" / shard_cache_name(shard_path),
+        reservoir,
+        capture,
+        batch_size,
+        device,
+        progress,
+    )
+    write_reservoir(reservoir_rows(reservoir), out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet")
+    return {"shard": shard_index, "rows": rows}
+
+
+class TeacherPass:
+    """A loaded teacher with the cache section and capture: caches whole shards. The one code path of the teacher
+    pass, run in-process or inside each Ray teacher replica."""
+
+    def __init__(
+        self, model_dir: Path, section: dict[str, Any], capture: dict[str, Any], threads: int | None = None
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = resolve_device(section["device"])  # resolved where the pass runs (a replica's node)
+        self.dtype = resolve_compute_dtype(section["compute_dtype"], self.device)
+        self.model = load_causal_lm(model_dir, dtype=self.dtype, device=self.device)
+        self.section, self.capture = section, capture
+
+    @torch.inference_mode()
+    def cache(self, shard_index: int, shard_path: Path, out_dir: Path, progress: tqdm | None = None) -> dict[str, Any]:
+        """:func:`cache_shard_and_sample` for one shard; adds the device and dtype it ran with."""
+        done = cache_shard_and_sample(
+            self.model,
+            shard_index,
+            shard_path,
+            out_dir,
+            self.capture,
+            self.section["batch_size"],
+            self.section["reservoir_per_token"],
+            self.device,
+            progress,
+        )
+        return {**done, "device": self.device, "compute_dtype": self.dtype}
+
+
+def reservoir_rows(reservoir: Reservoir) -> Iterator[tuple[int, np.ndarray, int]]:
+    """``(token_id, kept vectors, n_seen)`` of a live reservoir, by token id."""
+    seen = reservoir.n_seen()
+    for token_id, vectors in reservoir.items():
+        yield token_id, vectors, seen[token_id]
+
+
+def write_reservoir(rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path) -> int:
+    """Persist reservoir rows (float16 vectors, flattened) to Parquet; returns the token count."""
+    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd") as writer:
+        batch: list[dict] = []
+        n_tokens = 0
+        for token_id, vectors, n_seen in rows:
+            batch.append(
+                {
+                    "token_id": int(token_id),
+                    "count": int(vectors.shape[0]),
+                    "n_seen": int(n_seen),
+                    "vectors": np.asarray(vectors, dtype=np.float16).reshape(-1),
+                }
+            )
+            n_tokens += 1
+            if len(batch) == 1024:
+                writer.write_table(pa.Table.from_pylist(batch, schema=RESERVOIR_SCHEMA))
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=RESERVOIR_SCHEMA))
+    return n_tokens
+
+
+def reservoir_file_rows(path: Path, dim: int) -> Iterator[tuple[int, np.ndarray, int]]:
+    """``(token_id, vectors [n, dim] float16, n_seen)`` from a reservoir file, batch by batch."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
+        columns = (
+            batch.column("token_id").to_pylist(),
+            batch.column("vectors").to_numpy(zero_copy_only=False),
+            batch.column("n_seen").to_pylist(),
+        )
+        for token_id, vectors, n_seen in zip(*columns, strict=True):
+            yield token_id, np.asarray(vectors, dtype=np.float16).reshape(-1, dim), n_seen
+
+
+def read_reservoir(path: Path, dim: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Iterate (token_id, vectors [n, dim] float32) from a reservoir file, batch by batch."""
+    for token_id, vectors, _ in reservoir_file_rows(path, dim):
+        yield token_id, vectors.astype(np.float32)

@@ -1,0 +1,1 @@
+"""Stage 5: student construction, losses, training data reader and the framework-free loop."""

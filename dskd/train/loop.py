@@ -1,0 +1,255 @@
+"""The student training loop body, framework-free: Ray Train (or anything else) supplies a WorkerContext.
+
+Loss modes (method.md §4): ``ce`` = CE only; ``kd`` = α·T²·KL + CE; ``dskd`` = kd + λ·sense.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import get_cosine_schedule_with_warmup
+
+from dskd.senses.dictionary import SenseTable
+from dskd.store.remote import ArtifactStore
+from dskd.train.data import Batch, collate, count_rows, iter_rows, shard_paths
+from dskd.train.losses import SenseProjection, ce_loss, kd_loss, sense_loss
+from dskd.train.student import build_student, trainable_state
+
+
+class WorkerContext(Protocol):
+    """What the loop needs from the distributed runtime."""
+
+    rank: int
+    world_size: int
+    device: str
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+    def checkpoint_dir(self) -> Path | None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def scratch_dir(self) -> Path: ...
+
+
+@dataclass
+class TrainJob:
+    """Everything a worker needs: artifact paths and the student/train/senses sections as dicts."""
+
+    teacher_dir: str
+    annotate_dir: str
+    cache_dir: str
+    index_dir: str
+    kd_temperature: float
+    student: dict[str, Any]
+    train: dict[str, Any]
+    kappa: int
+    # Shared store to fetch the artifact dirs above from on a node that lacks them (multi-node, no shared FS).
+    storage_uri: str | None = None
+    artifact_dirs: list[str] = field(default_factory=list)
+
+
+def compute_losses(
+    model: torch.nn.Module,
+    batch: Batch,
+    senses: torch.Tensor | None,
+    cfg: dict[str, Any],
+    temperature: float,
+    projection: torch.nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
+    """Loss terms for one batch; ``total`` is the one to backpropagate."""
+    inner = getattr(model, "module", model)  # DDP wraps the HF model
+    hidden = inner.get_decoder()(input_ids=batch.input_ids).last_hidden_state  # post final norm
+    logits = inner.get_output_embeddings()(hidden)
+    # Position t predicts input_ids[t+1]: the last position has no target.
+    logits_t = logits[:, :-1].reshape(-1, logits.shape[-1])
+    targets = batch.input_ids[:, 1:].reshape(-1)
+    out = {"ce": ce_loss(logits_t, targets)}
+    zero = logits.new_zeros(())
+    out["kd"] = zero
+    out["sense"] = zero
+    if cfg["loss"] in ("kd", "dskd"):
+        k = batch.topk_ids.shape[-1]
+        out["kd"] = kd_loss(
+            logits_t,
+            batch.topk_logits[:, :-1].reshape(-1, k),
+            batch.topk_ids[:, :-1].reshape(-1, k),
+            batch.lse[:, :-1].reshape(-1),
+            temperature=temperature,
+            alpha=cfg["alpha"],
+        )
+    if cfg["loss"] == "dskd" and senses is not None and batch.sense_pos.numel() > 0:
+        s = hidden[batch.sense_batch, batch.sense_pos]
+        if projection is not None:
+            s = projection(s)
+        pos_mask, neg_mask = batch.pos_rows >= 0, batch.neg_rows >= 0
+        pos = senses[batch.pos_rows.clamp(min=0)]
+        neg = senses[batch.neg_rows.clamp(min=0)]
+        rows = sense_loss(
+            s, pos, pos_mask, neg, neg_mask, beta_p=cfg["beta_p"], beta_n=cfg["beta_n"], margin=cfg["margin"]
+        )
+        out["sense"] = rows.mean()
+    out["total"] = out["ce"] + out["kd"] + (cfg["lam"] * out["sense"] if cfg["loss"] == "dskd" else zero)
+    return out
+
+
+def _save_checkpoint(path: Path, model, optimizer, projection, step: int, epoch: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    inner = getattr(model, "module", model)
+    state = trainable_state(inner)
+    if projection is not None:
+        state.update({f"__projection__.{k}": v for k, v in projection.state_dict().items()})
+    save_file(state, str(path / "trainable.safetensors"))
+    # Optimizer moments as safetensors too (no pickle): "<param index>.<state name>".
+    opt_state = {
+        f"{i}.{name}": (t if torch.is_tensor(t) else torch.tensor(t)).detach().cpu().contiguous()
+        for i, st in optimizer.state_dict()["state"].items()
+        for name, t in st.items()
+    }
+    save_file(opt_state, str(path / "optimizer.safetensors"))
+    (path / "state.json").write_text(json.dumps({"step": step, "epoch": epoch}))
+
+
+def _load_checkpoint(path: Path, model, optimizer, projection) -> tuple[int, int]:
+    inner = getattr(model, "module", model)
+    state = load_file(str(path / "trainable.safetensors"))
+    proj = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("__projection__.")}
+    inner.load_state_dict({k: v for k, v in state.items() if not k.startswith("__projection__.")}, strict=False)
+    if projection is not None and proj:
+        projection.load_state_dict(proj)
+    flat = load_file(str(path / "optimizer.safetensors"))
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        idx, name = key.split(".", 1)
+        opt_state.setdefault(int(idx), {})[name] = tensor
+    sd = optimizer.state_dict()
+    sd["state"] = opt_state
+    optimizer.load_state_dict(sd)
+    meta = json.loads((path / "state.json").read_text())
+    return meta["step"], meta["epoch"]
+
+
+def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], None] | None = None) -> None:
+    """Train the student on this worker's share of the cache; rank 0 writes checkpoints and the final model."""
+    cfg = job.train
+    if job.storage_uri:
+        ArtifactStore(job.storage_uri).ensure_all_local(job.artifact_dirs)
+    torch.manual_seed(cfg["seed"])
+    torch.set_num_threads(cfg["threads_per_worker"])
+    model = build_student(
+        job.teacher_dir,
+        job.student["n_layers"],
+        job.student["n_trainable_layers"],
+        job.student.get("hidden_size"),
+        job.student.get("intermediate_size"),
+        seed=cfg["seed"],
+        init_path=job.student.get("init_path"),
+    )
+    senses = None
+    projection = None
+    if cfg["loss"] == "dskd":
+        senses = torch.from_numpy(SenseTable.load(Path(job.index_dir) / "senses.safetensors").vectors).to(ctx.device)
+        if senses.shape[1] != model.config.hidden_size:
+            if not job.student.get("project_to_teacher"):
+                raise ValueError(
+                    f"student width {model.config.hidden_size} != teacher width {senses.shape[1]}: "
+                    "set student.project_to_teacher=true to learn a projection for the sense loss"
+                )
+            projection = SenseProjection(model.config.hidden_size, senses.shape[1]).to(ctx.device)
+    model = ctx.prepare_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if projection is not None:
+        params += list(projection.parameters())
+    lr = cfg["lr"] * ctx.world_size  # reference: lr × world size
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg["weight_decay"])
+
+    paths = shard_paths(Path(job.annotate_dir), Path(job.cache_dir), Path(job.index_dir))
+    per_rank = count_rows(paths) // ctx.world_size
+    steps_per_epoch = math.ceil(per_rank / cfg["batch_size"])
+    if steps_per_epoch == 0:
+        raise ValueError(f"{count_rows(paths)} sequences for {ctx.world_size} workers: lower train.num_workers")
+    total_steps = steps_per_epoch * cfg["epochs"]
+    if cfg.get("max_steps"):
+        total_steps = min(total_steps, cfg["max_steps"])
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg["warmup_frac"] * total_steps), total_steps)
+
+    step, start_epoch = 0, 0
+    history: list[dict[str, float]] = []
+    resume = ctx.checkpoint_dir()
+    if resume is not None:
+        step, start_epoch = _load_checkpoint(resume, model, optimizer, projection)
+        for _ in range(step):
+            scheduler.step()
+    for epoch in range(start_epoch, cfg["epochs"]):
+        rows = iter_rows(paths, ctx.rank, ctx.world_size, job.kappa, epoch_seed=cfg["seed"] * 1000 + epoch)
+        skip = step - epoch * steps_per_epoch  # batches already done in this epoch (resume)
+        for index, batch_rows in enumerate(_batches(rows, cfg["batch_size"])):
+            if index < skip:
+                continue
+            batch = collate(batch_rows).to(ctx.device)
+            step = _train_step(
+                model, optimizer, scheduler, projection, batch, senses, cfg, job, ctx, step, epoch, total_steps, history
+            )
+            if on_step is not None:
+                on_step(step)
+            if step >= total_steps:
+                break
+        if step >= total_steps:
+            break
+    _finish(model, projection, ctx, step, history)
+
+
+def _batches(rows, batch_size: int):
+    """Consecutive lists of ``batch_size`` rows; the last one may be shorter."""
+    batch: list = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _train_step(model, optimizer, scheduler, projection, batch, senses, cfg, job, ctx, step, epoch, total, history):
+    t0 = time.perf_counter()
+    losses = compute_losses(model, batch, senses, cfg, job.kd_temperature, projection)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    scheduler.step()
+    step += 1
+    metrics = {f"loss_{k}": float(v.detach()) for k, v in losses.items()}
+    metrics.update(step_seconds=time.perf_counter() - t0, lr=scheduler.get_last_lr()[0], epoch=epoch)
+    if ctx.rank == 0:
+        ctx.log_metrics(metrics, step)
+        history.append({**metrics, "step": step})
+    checkpoint = None
+    if step % cfg["checkpoint_every"] == 0 and step < total and ctx.rank == 0:
+        # Rank 0 alone writes checkpoints (trainable weights + optimizer moments); every rank reports.
+        checkpoint = ctx.scratch_dir() / f"ckpt-{step}"
+        _save_checkpoint(checkpoint, model, optimizer, projection, step, epoch)
+    ctx.report({**metrics, "step": step}, checkpoint)
+    return step
+
+
+def _finish(model, projection, ctx: WorkerContext, step: int, history: list[dict[str, float]]) -> None:
+    """Rank 0 saves the final student as a HF dir (safetensors) in the last checkpoint."""
+    checkpoint = None
+    if ctx.rank == 0:
+        checkpoint = ctx.scratch_dir() / "final"
+        inner = getattr(model, "module", model)
+        # Saved in the teacher's storage dtype: half the bytes of fp32, same as the teacher on disk.
+        inner.to(torch.bfloat16).save_pretrained(checkpoint / "student", safe_serialization=True)
+        if projection is not None:
+            save_file(projection.state_dict(), str(checkpoint / "projection.safetensors"))
+        (checkpoint / "state.json").write_text(json.dumps({"step": step, "final": True}))
+        # History of this attempt only (a resumed run logs the earlier steps to MLflow already).
+        (checkpoint / "history.json").write_text(json.dumps(history))
+    ctx.report({"step": step, "done": 1.0}, checkpoint)

@@ -1,0 +1,51 @@
+"""`dskd compare` on a tiny config: every arm trained on the same cached stages, a mean ± std report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dskd.eval.comparison import mean_std
+
+pytestmark = pytest.mark.e2e
+
+
+def test_mean_std_by_hand():
+    # mean(1, 2, 6) = 3; sample variance = ((1-3)^2 + (2-3)^2 + (6-3)^2) / 2 = 14 / 2 = 7
+    mean, std = mean_std([1.0, 2.0, 6.0])
+    assert mean == 3.0 and std == pytest.approx(7**0.5)
+    assert mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_compare_flow(tiny_teacher_dir, tmp_path):
+    from flows.compare import dskd_compare
+
+    overrides = [
+        f"home={tmp_path}",
+        f"teacher.path={tiny_teacher_dir}",
+        "corpus.n_train_seqs=8",
+        "corpus.n_heldout_seqs=2",
+        "corpus.seq_len=32",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.num_workers=1",
+        "student.n_layers=2",
+        "student.n_trainable_layers=1",
+        "eval.tasks={arc_easy: {limit: 3, k_shot: 0}}",
+        "eval.probe_items=0",
+    ]
+    # Two arms x two seeds keep the test short; the CLI default is ce, kd, dskd x seeds 0, 1, 2.
+    summary = dskd_compare(None, overrides, ["kd", "dskd"], [0, 1])
+    shared = [r for r in summary["stages"] if r["stage"] in {"teacher", "teacher_cache", "sense_index"}]
+    assert len(shared) == 3  # each shared stage ran once for all four students
+    trains = [r for r in summary["stages"] if r["stage"] == "train"]
+    assert len(trains) == 4 and len({r["key"] for r in trains}) == 4
+    report = Path(summary["report"])
+    data = json.loads((report / "comparison.json").read_text())
+    assert sorted(data["summary"]) == ["dskd", "kd"]
+    assert [(r["arm"], r["seed"]) for r in data["runs"]] == [(a, s) for a in ("kd", "dskd") for s in (0, 1)]
+    table = (report / "comparison.md").read_text()
+    assert "| dskd |" in table and "±" in table and "DSKD step time / KD step time" in table
+    assert (report / "metric_bars.png").stat().st_size > 0 and (report / "loss_curves.png").stat().st_size > 0

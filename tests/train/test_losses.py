@@ -1,0 +1,188 @@
+"""Losses against hand-computed numbers and closed-form limits (method.md §4)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dskd.train.losses import SenseProjection, ce_loss, dskd_total, kd_loss, sense_loss
+
+
+def _topk_cache(teacher_logits: torch.Tensor, k: int, t: float):
+    """What the teacher cache stores: top-k raw logits, their ids, logsumexp(z/T) over the full vocab."""
+    vals, ids = teacher_logits.topk(k, dim=-1)
+    return vals, ids, torch.logsumexp(teacher_logits / t, dim=-1)
+
+
+# --- KD --------------------------------------------------------------------------------------------
+
+
+def test_kd_full_vocab_by_hand():
+    # V = 3, T = 2. Teacher z = [2 ln2, 0, 0] -> z/T = [ln2, 0, 0] -> p = [2, 1, 1] / 4 = [0.5, 0.25, 0.25].
+    # Student z = 0 -> q = [1/3, 1/3, 1/3].
+    # KL = 0.5 ln(0.5·3) + 2 · 0.25 ln(0.25·3) = 0.5 ln 1.5 + 0.5 ln 0.75 = 0.5 ln 1.125 = 0.0588915178.
+    # L = alpha · T² · KL = 0.7 · 4 · 0.0588915178 = 0.1648962499.
+    teacher = torch.tensor([[2 * math.log(2.0), 0.0, 0.0]])
+    student = torch.zeros(1, 3)
+    vals, ids, lse = _topk_cache(teacher, k=3, t=2.0)
+    assert lse.item() == pytest.approx(math.log(4.0))
+    got = kd_loss(student, vals, ids, lse, temperature=2.0, alpha=0.7)
+    assert got.item() == pytest.approx(0.1648962499, rel=1e-6)
+
+
+def test_kd_rest_bucket_by_hand():
+    # V = 4, T = 1, alpha = 1. Teacher p = [0.4, 0.3, 0.2, 0.1] (z = ln p, so lse = ln 1 = 0);
+    # student q = 0.25 each.
+    # Top-2 ids {0, 1}: p_rest = 1 - 0.7 = 0.3, q_rest = 1 - 0.5 = 0.5.
+    # KL = 0.4 ln(0.4/0.25) + 0.3 ln(0.3/0.25) + 0.3 ln(0.3/0.5)
+    #    = 0.4 ln 1.6 + 0.3 ln 1.2 + 0.3 ln 0.6
+    #    = 0.1880014517 + 0.0546964670 - 0.1532476871 = 0.0894502316.
+    # (The full KL has 0.2 ln 0.8 + 0.1 ln 0.4 in place of the rest term: 0.1064402; the k+1 cell KL
+    # is lower.)
+    p = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    teacher = p.log()
+    student = torch.zeros(1, 4)
+    ids = torch.tensor([[1, 0]])  # order of the ids must not matter
+    vals = teacher.gather(-1, ids)
+    lse = torch.logsumexp(teacher, -1)
+    got = kd_loss(student, vals, ids, lse, temperature=1.0, alpha=1.0)
+    assert got.item() == pytest.approx(0.0894502316, rel=1e-5)
+    full = kd_loss(student, teacher, torch.tensor([[0, 1, 2, 3]]), lse, temperature=1.0, alpha=1.0)
+    assert full.item() == pytest.approx(0.1064402, rel=1e-5)
+    assert got.item() < full.item()
+
+
+def test_kd_identical_logits_is_zero_for_any_k():
+    torch.manual_seed(0)
+    z = torch.randn(6, 50) * 3
+    for k in (1, 5, 50):
+        vals, ids, lse = _topk_cache(z, k, t=2.0)
+        assert kd_loss(z, vals, ids, lse).abs().item() < 1e-5
+
+
+def test_kd_full_vocab_matches_reference_and_t_squared():
+    # With k = V it must be the reference: alpha · T² · kl_div(log_softmax(zS/T), softmax(zT/T), batchmean).
+    torch.manual_seed(1)
+    zs, zt = torch.randn(5, 11), torch.randn(5, 11) * 2
+    for t in (1.0, 2.0, 4.0):
+        vals, ids, lse = _topk_cache(zt, 11, t)
+        kl = F.kl_div(F.log_softmax(zs / t, -1), F.softmax(zt / t, -1), reduction="batchmean")
+        got = kd_loss(zs, vals, ids, lse, temperature=t, alpha=1.0)
+        assert got.item() == pytest.approx(t * t * kl.item(), rel=1e-5)
+        assert kd_loss(zs, vals, ids, lse, temperature=t, alpha=0.7).item() == pytest.approx(0.7 * got.item())
+
+
+def test_kd_mask_and_gradient():
+    torch.manual_seed(2)
+    zt = torch.randn(4, 9)
+    zs = torch.randn(4, 9, requires_grad=True)
+    vals, ids, lse = _topk_cache(zt, 3, 2.0)
+    mask = torch.tensor([True, False, True, False])
+    masked = kd_loss(zs, vals, ids, lse, mask=mask)
+    kept = kd_loss(zs[mask], vals[mask], ids[mask], lse[mask])
+    assert masked.item() == pytest.approx(kept.item(), rel=1e-6)
+    masked.backward()
+    assert torch.isfinite(zs.grad).all() and zs.grad[~mask].abs().sum() == 0
+    # All positions masked: 0, not NaN.
+    assert kd_loss(zs, vals, ids, lse, mask=torch.zeros(4, dtype=torch.bool)).item() == 0.0
+
+
+def test_kd_peaked_student_stays_finite():
+    # The student puts ~all mass on the top-k ids: q_rest underflows; the loss must stay finite.
+    zt = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    zs = torch.tensor([[200.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    vals, ids, lse = _topk_cache(zt, 1, 1.0)
+    loss = kd_loss(zs, vals, ids, lse, temperature=1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(zs.grad).all()
+
+
+# --- CE --------------------------------------------------------------------------------------------
+
+
+def test_ce_by_hand():
+    # Uniform logits over 3 tokens: CE = ln 3 = 1.0986123, whatever the target.
+    # Logits [ln 2, 0, 0] with target 0: -ln(2/4) = ln 2 = 0.6931472. Masking the first row leaves ln 2.
+    logits = torch.tensor([[0.0, 0.0, 0.0], [math.log(2.0), 0.0, 0.0]])
+    targets = torch.tensor([2, 0])
+    assert ce_loss(logits, targets).item() == pytest.approx((math.log(3) + math.log(2)) / 2)
+    assert ce_loss(logits, targets, torch.tensor([False, True])).item() == pytest.approx(math.log(2))
+
+
+# --- sense -----------------------------------------------------------------------------------------
+
+
+def test_sense_loss_by_hand():
+    # d = 2, s = (0, 0).
+    # positives (1,1), (2,0): (1/2)(1+1) = 1, (1/2)(4+0) = 2 -> mean 1.5.
+    # negatives (0.5,0.5), (3,3): (1/2)(0.25+0.25) = 0.25 -> max(0, 1-0.25) = 0.75; (1/2)(9+9) = 9 -> 0.
+    #   mean 0.375. l = 1.5 + 0.375 = 1.875; with beta_p = 2, beta_n = 0.5: 3 + 0.1875 = 3.1875.
+    s = torch.zeros(1, 2)
+    pos = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]])
+    neg = torch.tensor([[[0.5, 0.5], [3.0, 3.0]]])
+    ones = torch.ones(1, 2, dtype=torch.bool)
+    assert sense_loss(s, pos, ones, neg, ones).item() == pytest.approx(1.875)
+    got = sense_loss(s, pos, ones, neg, ones, beta_p=2.0, beta_n=0.5)
+    assert got.item() == pytest.approx(3.1875)
+    # margin 10: hinge (10-0.25) and (10-9) -> mean (9.75 + 1)/2 = 5.375; l = 1.5 + 5.375 = 6.875.
+    assert sense_loss(s, pos, ones, neg, ones, margin=10.0).item() == pytest.approx(6.875)
+
+
+def test_sense_loss_masks_padding():
+    # Row 0: only the first positive valid (1.0), no valid negatives -> 1.0.
+    # Row 1: no valid positives (padding holds NaN, must not leak), one valid negative at (1/2)(0.5²·2)=0.25
+    #   -> hinge 0.75.
+    s = torch.zeros(2, 2)
+    nan = float("nan")
+    pos = torch.tensor([[[1.0, 1.0], [nan, nan]], [[nan, nan], [nan, nan]]])
+    neg = torch.tensor([[[nan, nan], [nan, nan]], [[0.5, 0.5], [nan, nan]]])
+    pos_mask = torch.tensor([[True, False], [False, False]])
+    neg_mask = torch.tensor([[False, False], [True, False]])
+    got = sense_loss(s, pos, pos_mask, neg, neg_mask)
+    assert got.tolist() == pytest.approx([1.0, 0.75])
+
+
+def test_sense_loss_closed_form_limits():
+    torch.manual_seed(3)
+    s = torch.randn(4, 8)
+    pos = s.unsqueeze(1).expand(4, 3, 8).clone()  # student sits on every positive -> pull term 0
+    far = s.unsqueeze(1) + 10.0  # (1/d)||n - s||² = 100 > margin -> hinge 0
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    assert sense_loss(s, pos, mask, far.expand(4, 3, 8), mask).abs().max().item() == 0.0
+
+
+def test_sense_loss_gradient_reaches_student():
+    s = torch.zeros(1, 2, requires_grad=True)
+    pos = torch.tensor([[[2.0, 0.0]]])
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    sense_loss(s, pos, mask, pos, torch.zeros_like(mask)).sum().backward()
+    # d/ds (1/2)||p - s||² = -(p - s) = (-2, 0)
+    assert s.grad[0].tolist() == pytest.approx([-2.0, 0.0])
+
+
+def test_dskd_total():
+    kd, ce = torch.tensor(0.5), torch.tensor(2.0)
+    # 0.5 + 2.0 + 1.5 · mean(1, 3) = 2.5 + 3.0 = 5.5
+    assert dskd_total(kd, ce, torch.tensor([1.0, 3.0]), lam=1.5).item() == pytest.approx(5.5)
+    assert dskd_total(kd, ce, torch.empty(0), lam=1.5).item() == pytest.approx(2.5)
+
+
+def test_sense_projection_shapes_and_training():
+    torch.manual_seed(4)
+    proj = SenseProjection(6, 10)
+    assert proj.proj.bias is None and proj.proj.weight.shape == (10, 6)
+    h = torch.randn(8, 6)
+    pos = torch.randn(8, 2, 10)
+    mask = torch.ones(8, 2, dtype=torch.bool)
+    no_neg = torch.zeros(8, 2, dtype=torch.bool)
+    assert proj(h.unsqueeze(0)).shape == (1, 8, 10)
+    opt = torch.optim.SGD(proj.parameters(), lr=0.5)
+    first = None
+    for _ in range(20):
+        loss = sense_loss(proj(h), pos, mask, pos, no_neg).mean()
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first
