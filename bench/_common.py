@@ -257,7 +257,7 @@ class LocalContext:
 
 
 class Trainer:
-    """The student, optimizer and scheduler of ``dskd.train.loop.run_training``, stepped with its own ``_train_step``
+    """The student, optimizer and scheduler of ``dskd.train.loop.run_training``, stepped with its own ``TrainStep``
     (the training step the Ray workers run), one batch at a time."""
 
     def __init__(self, cfg, stages: dict[str, dict[str, Any]], scratch: Path) -> None:
@@ -292,24 +292,12 @@ class Trainer:
         self.n = 0
 
     def step(self, batch, loss: str) -> None:
-        from dskd.train.loop import _train_step
+        from dskd.train.loop import TrainStep
 
         cfg = {**self.train_cfg, "loss": loss}
-        self.n = _train_step(
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            None,
-            batch,
-            self.senses if loss == "dskd" else None,
-            cfg,
-            self.job,
-            self.ctx,
-            self.n,
-            0,
-            10**9,
-            [],
-        )
+        senses = self.senses if loss == "dskd" else None
+        run = TrainStep(self.model, self.optimizer, self.scheduler, None, senses, cfg, self.job, self.ctx, 10**9, [])
+        self.n = run([batch], self.n, 0)
 
 
 # -- timing --------------------------------------------------------------------------------------------------------

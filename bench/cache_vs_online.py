@@ -1,6 +1,6 @@
 """Student epoch from the teacher cache / the same epoch with the teacher run online (target <= 0.5).
 
-Both epochs train the same DSKD student (``dskd.train.loop._train_step``, the Ray workers' step, at the worker's thread
+Both epochs train the same DSKD student (``dskd.train.loop.TrainStep``, the Ray workers' step, at the worker's thread
 count) over the same sequences with the same batch size; they differ only in where the teacher signals come from:
 
 * cached (this pipeline): ``dskd.train.data.iter_rows`` reads the annotate + teacher-cache + candidate shards,

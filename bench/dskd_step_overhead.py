@@ -1,7 +1,7 @@
 """DSKD training step / KD training step on the same batch, sense loss, candidate lookup and sampling included
 (target <= 1.05).
 
-Both steps are ``dskd.train.loop._train_step`` (the step the Ray workers run: forward, losses, backward, AdamW,
+Both steps are ``dskd.train.loop.TrainStep`` (the step the Ray workers run: forward, losses, backward, AdamW,
 scheduler) on the student of the bench profile (default: the teacher's first 15 layers, top 2 trainable) at the
 worker's thread count (``train.threads_per_worker``), on the same batch of cached training rows.
 

@@ -71,8 +71,18 @@ class TeacherConfig(Section):
 
 
 class CacheConfig(Section):
-    topk: int = Field(20, ge=1, description="teacher logits kept per position (values + ids)")
-    kd_temperature: float = Field(2.0, gt=0, description="T of the KD loss; the cache stores logsumexp(z/T)")
+    kd_mode: Literal["topk", "sampled"] = Field(
+        "topk",
+        description="what the cache keeps of the teacher's distribution: 'topk' (the top-k logits + an exact rest "
+        "bucket) or 'sampled' (Random-Sampling KD, Anshumann et al. ACL 2025: topk ids drawn from softmax(z/T) with "
+        "replacement, kept with their counts: an unbiased estimate of the full KL's gradient)",
+    )
+    topk: int = Field(20, ge=1, description="ids kept per position: the top-k (topk) or the draws (sampled)")
+    kd_temperature: float = Field(1.0, gt=0, description="T of the KD loss; the cache stores logsumexp(z/T)")
+    block_influence_tokens: int = Field(
+        4096, ge=0, description="positions per shard used to measure each layer's block influence (0 = off)"
+    )
+    seed: int = Field(0, description="seed of the sampled-KD draws (per shard: seed + shard index)")
     batch_size: int = Field(8, ge=1)
     reservoir_per_token: int = Field(50, ge=1, description="hidden states kept per predicted token")
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -112,11 +122,36 @@ class StudentConfig(Section):
     init_path: str | None = Field(
         None, description="local HF dir of another student model (same tokenizer as the teacher); None = teacher"
     )
-    n_layers: int = Field(15, ge=1, description="student = teacher truncated to its first n_layers")
-    n_trainable_layers: int = Field(2, ge=0, description="only the top n layers train")
+    n_layers: int = Field(15, ge=1, description="decoder layers the student keeps from the teacher")
+    layers: Literal["first", "block_influence"] | list[int] = Field(
+        "block_influence",
+        description="which teacher layers: 'first' (the paper: the first n_layers), 'block_influence' (the n_layers "
+        "of highest block influence BI = 1 - mean cos(h_in, h_out), measured in the teacher pass; ShortGPT), or an "
+        "explicit list of teacher layer indices",
+    )
+    n_trainable_layers: int | Literal["all"] = Field(
+        "all", description="the top n kept layers train ('all' = every kept layer; the paper: 2)"
+    )
+    train_embeddings: bool = Field(False, description="train the input embeddings (tied to lm_head in SmolLM2)")
+    train_lm_head: bool = Field(False, description="train the output projection")
+    train_final_norm: bool = Field(False, description="train the final norm")
     hidden_size: int | None = Field(None, description="other width: a fresh smaller student (extension)")
     intermediate_size: int | None = None
     project_to_teacher: bool = Field(False, description="learned projection for the sense loss")
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> StudentConfig:
+        if isinstance(self.layers, list):
+            if len(self.layers) != self.n_layers:
+                raise ValueError(
+                    f"student.layers lists {len(self.layers)} layers but student.n_layers={self.n_layers}; "
+                    "make them agree"
+                )
+            if sorted(set(self.layers)) != self.layers or self.layers[0] < 0:
+                raise ValueError("student.layers must be distinct, increasing, non-negative teacher layer indices")
+        if isinstance(self.n_trainable_layers, int) and self.n_trainable_layers < 0:
+            raise ValueError("student.n_trainable_layers must be >= 0 or 'all'")
+        return self
 
 
 class TrainConfig(Section):
@@ -127,16 +162,21 @@ class TrainConfig(Section):
     beta_n: float = 1.0
     margin: float = 1.0
     lr: float = Field(
-        5e-4,
+        1e-4,
         gt=0,
         description="per-worker lr, scaled by the number of workers (paper: 5e-5 LLaMA-3-8B / 2e-5 Mistral-7B; "
-        "5e-4 suits the short run of the embedded 135M default)",
+        "1e-4 x 2 workers suits all-layer training of the embedded 135M default, see the README sweep)",
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm (None = no clipping)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast for the forward (auto = on CUDA devices that support bf16; fp32 on CPU)"
     )
     weight_decay: float = 1e-3
     warmup_frac: float = Field(0.1, ge=0, le=1)
-    epochs: int = Field(2, ge=1, description="passes over the cached corpus (paper: 2)")
+    epochs: int = Field(1, ge=1, description="passes over the cached corpus (paper: 2)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
-    batch_size: int = Field(4, ge=1, description="sequences per worker per step")
+    batch_size: int = Field(4, ge=1, description="sequences per worker per micro-batch")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     threads_per_worker: int = Field(1, ge=1)
@@ -217,7 +257,8 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
-        if self.student.n_trainable_layers > self.student.n_layers:
+        trainable = self.student.n_trainable_layers
+        if trainable != "all" and trainable > self.student.n_layers:
             raise ValueError(
                 f"student.n_trainable_layers={self.student.n_trainable_layers} exceeds "
                 f"student.n_layers={self.student.n_layers}; lower it"

@@ -38,3 +38,15 @@ def loss_curves(history: list[dict[str, float]], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def block_influence_bars(scores: list[float], out: Path) -> None:
+    """Block influence per teacher layer (log scale: the first and last layers dwarf the rest)."""
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.bar(range(len(scores)), np.maximum(np.asarray(scores), 1e-6))
+    ax.set_yscale("log")
+    ax.set_xlabel("teacher layer")
+    ax.set_ylabel("BI = 1 - mean cos(h_in, h_out)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

@@ -77,7 +77,7 @@ STAGES = [
     ("teacher_cache", cache_teacher_outputs, ["teacher", "annotate"]),
     ("sense_index", build_sense_index, ["lexicon", "annotate", "teacher_cache"]),
     ("train", train_student, ["teacher", "annotate", "teacher_cache", "sense_index"]),
-    ("baselines", evaluate_baselines, ["teacher", "annotate"]),
+    ("baselines", evaluate_baselines, ["teacher", "annotate", "teacher_cache"]),  # cache: the student's layers
     ("evaluate", evaluate_student, ["teacher", "annotate", "train", "baselines"]),
     ("register", register_student, ["teacher", "teacher_cache", "train", "evaluate"]),
 ]

@@ -10,6 +10,8 @@ from typing import Any
 from prefect import task
 from tqdm import tqdm
 
+from dskd.plots import block_influence_bars
+from dskd.teacher.block_influence import BlockInfluence
 from dskd.teacher.cache import TeacherPass, reservoir_file_rows, tokenizer_hash, write_reservoir
 from dskd.teacher.model import load_tokenizer
 from dskd.teacher.reservoir_merge import merge_reservoir_parts, part_paths
@@ -23,14 +25,29 @@ def expected_capture(teacher_key: str, model_dir: Path, section: dict[str, Any])
     """What a cache must have been captured with to serve this run (checked again before training)."""
     tokenizer = load_tokenizer(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    return {
+    capture = {
         "teacher_key": teacher_key,
         "tokenizer_hash": tokenizer_hash(tokenizer),
         "vocab_size": len(tokenizer),
         "hidden_size": config["hidden_size"],
         "topk": section["topk"],
         "kd_temperature": section["kd_temperature"],
+        "kd_mode": section.get("kd_mode", "topk"),
     }
+    if capture["kd_mode"] == "sampled":
+        capture["seed"] = section.get("seed", 0)  # the draws depend on it
+    return capture
+
+
+def merged_block_influence(done: list[dict[str, Any]]) -> BlockInfluence | None:
+    """Sum of the shards' block-influence measurements (None when the pass did not measure it)."""
+    parts = [BlockInfluence.from_json(d["block_influence"]) for d in done if d.get("block_influence")]
+    if not parts:
+        return None
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merge(part)
+    return total
 
 
 def _in_process_pass(
@@ -79,6 +96,14 @@ def cache_teacher_outputs(
         (tmp / "capture.json").write_text(
             json.dumps({**capture, "compute_dtype": done[0]["compute_dtype"], "device": done[0]["device"]})
         )
+        influence = merged_block_influence(done)
+        if influence is not None:
+            scores = influence.scores()
+            (tmp / "block_influence.json").write_text(
+                json.dumps({"scores": scores, "positions": influence.count, **influence.to_json()}, indent=1)
+            )
+            block_influence_bars(scores, tmp / "block_influence.png")
+            extra["block_influence"] = {"scores": scores, "positions": influence.count}
         shard_bytes = sum(p.stat().st_size for p in (tmp / "shards").glob("*.parquet"))
         extra["capture"] = capture
         extra["rows"] = {"sequences": sum(d["rows"] for d in done), "reservoir_tokens": n_tokens}

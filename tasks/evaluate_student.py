@@ -13,7 +13,7 @@ from dskd.data.annotate import read_sequences
 from dskd.eval.evaluation import evaluate_model
 from dskd.lexicon.wordnet import load_wordnet
 from dskd.teacher.model import load_causal_lm, load_tokenizer
-from dskd.train.student import build_student
+from dskd.train.student import build_student_from_section, resolve_layers
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 
@@ -38,21 +38,15 @@ def evaluate_baselines(
     parent_run_id: str | None = None,
     runtime: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Cache key: eval + student sections + teacher and annotate keys (no training: shared by every arm)."""
+    """Cache key: eval + student sections + teacher, annotate and teacher-cache keys (the cache's block influence
+    picks the student's layers); no training, so shared by every arm."""
 
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         model_dir = teacher_dir(up["teacher"])
         tokenizer, wn = load_tokenizer(model_dir), _wordnet(section, home)
         heldout, cfg, student = _heldout(up["annotate"], section["eval"]), section["eval"], section["student"]
         results = {"teacher": evaluate_model(load_causal_lm(model_dir), tokenizer, heldout, cfg, wn)}
-        init = build_student(
-            model_dir,
-            student["n_layers"],
-            student["n_trainable_layers"],
-            student.get("hidden_size"),
-            student.get("intermediate_size"),
-            init_path=student.get("init_path"),
-        )
+        init = build_student_from_section(model_dir, resolve_layers(student, model_dir, up["teacher_cache"]))
         results["student_init"] = evaluate_model(init, tokenizer, heldout, cfg, wn)
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2))
         extra["metrics"] = {f"{who}.{k}": v for who, m in results.items() for k, v in m.items()}

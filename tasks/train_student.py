@@ -13,6 +13,7 @@ from prefect import task
 from dskd.plots import loss_curves
 from dskd.teacher.schema import capture_of, check_capture
 from dskd.train.loop import TrainJob
+from dskd.train.student import resolve_layers
 from tasks.cache_teacher_outputs import expected_capture
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
@@ -46,13 +47,16 @@ def train_student(
         cache_shards = sorted((up["teacher_cache"] / "shards").glob("*.parquet"))
         found = capture_of(pq.read_schema(cache_shards[0]))
         check_capture(expected_capture(upstream["teacher"], model_dir, section["cache"]), found)
+        student = resolve_layers(section["student"], model_dir, up["teacher_cache"])
+        extra["student_layers"] = student["layers"]
         job = TrainJob(
             teacher_dir=str(model_dir),
             annotate_dir=str(up["annotate"]),
             cache_dir=str(up["teacher_cache"]),
             index_dir=str(up["sense_index"]),
             kd_temperature=found["kd_temperature"],
-            student=section["student"],
+            kd_mode=found.get("kd_mode", "topk"),
+            student=student,
             train=section["train"],
             kappa=section["kappa"],
             storage_uri=storage_uri,
@@ -79,6 +83,8 @@ def train_student(
                 "steps": last["step"],
                 "final_loss_total": last["loss_total"],
                 "mean_step_seconds": mean_step,
+                "train_tokens": sum(h.get("tokens", 0.0) for h in history),
+                "train_seconds": sum(h["step_seconds"] for h in history),
             }
 
     return run_stage(

@@ -26,10 +26,10 @@ SCHEMA_VERSIONS = {
     "teacher": 1,
     "lexicon": 1,
     "annotate": 1,
-    "teacher_cache": 2,  # 2: reservoir rows carry n_seen (per-shard reservoirs are merged)
+    "teacher_cache": 3,  # 2: reservoir rows carry n_seen; 3: kd_mode in the capture, block_influence.json
     "sense_index": 1,
-    "train": 1,
-    "baselines": 1,
+    "train": 2,  # 2: student layers chosen by block influence (resolved list in the manifest)
+    "baselines": 2,  # 2: the untrained student is built from the teacher cache's layer choice
     "evaluate": 2,
     "register": 1,
     "compare": 1,

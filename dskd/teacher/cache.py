@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ import torch
 from tqdm import tqdm
 
 from dskd.senses.dictionary import Reservoir
-from dskd.teacher.model import final_hidden_and_logits, load_causal_lm, resolve_compute_dtype, resolve_device
+from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
+from dskd.teacher.model import (
+    decoder_layers,
+    final_hidden_and_logits,
+    load_causal_lm,
+    resolve_compute_dtype,
+    resolve_device,
+)
 from dskd.teacher.schema import RESERVOIR_SCHEMA, teacher_cache_schema
 
 
@@ -31,14 +39,30 @@ def tokenizer_hash(tokenizer) -> str:
 
 @torch.no_grad()
 def teacher_outputs(
-    model, input_ids: torch.Tensor, topk: int, temperature: float
+    model,
+    input_ids: torch.Tensor,
+    topk: int,
+    temperature: float,
+    kd_mode: str = "topk",
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(topk values, topk ids, lse_T, argmax ids, final hidden) for a batch [B, L]."""
+    """(kept logits, kept ids, lse_T, argmax ids, final hidden) for a batch [B, L].
+
+    ``topk``: the k largest logits. ``sampled``: k ids drawn with replacement from softmax(z/T) (sorted, repeats
+    kept: each draw weighs 1/k in the KD estimate), with their logits.
+    """
     hidden, logits = final_hidden_and_logits(model, input_ids)
     logits = logits.float()
-    values, ids = logits.topk(topk, dim=-1)
     lse = torch.logsumexp(logits / temperature, dim=-1)
-    return values, ids, lse, ids[..., 0], hidden.float()
+    argmax = logits.argmax(dim=-1)
+    if kd_mode == "sampled":
+        probs = torch.softmax(logits / temperature, dim=-1).reshape(-1, logits.shape[-1])
+        ids = torch.multinomial(probs, topk, replacement=True, generator=generator).sort(dim=-1).values
+        ids = ids.reshape(*logits.shape[:-1], topk)
+        values = logits.gather(-1, ids)
+    else:
+        values, ids = logits.topk(topk, dim=-1)
+    return values, ids, lse, argmax, hidden.float()
 
 
 def cache_shard(
@@ -50,8 +74,14 @@ def cache_shard(
     batch_size: int,
     device: str,
     progress: tqdm | None = None,
+    block_influence: BlockInfluence | None = None,
+    block_influence_tokens: int = 0,
+    generator: torch.Generator | None = None,
 ) -> int:
-    """Run the teacher over one annotated shard; write its cache shard; feed the reservoir. Returns rows."""
+    """Run the teacher over one annotated shard; write its cache shard; feed the reservoir. Returns rows.
+
+    The first ``block_influence_tokens`` positions of the shard also feed ``block_influence`` (layer hooks).
+    """
     table = pq.read_table(shard_path)
     seq_ids = table.column("seq_id").to_numpy()
     input_ids = np.asarray(table.column("input_ids").to_pylist(), dtype=np.int64)
@@ -60,11 +90,16 @@ def cache_shard(
     schema = teacher_cache_schema(capture["vocab_size"], capture)
     id_dtype = np.uint16 if schema.field("topk_ids").type.value_type == pa.uint16() else np.int32
     topk, temperature = capture["topk"], capture["kd_temperature"]
+    kd_mode = capture.get("kd_mode", "topk")
     # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
     with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False) as writer:
         for start in range(0, len(seq_ids), batch_size):
             batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
-            values, ids, lse, argmax, hidden = teacher_outputs(model, batch, topk, temperature)
+            measure = block_influence is not None and block_influence.count < block_influence_tokens
+            with measure_block_influence(model, block_influence) if measure else nullcontext():
+                values, ids, lse, argmax, hidden = teacher_outputs(
+                    model, batch, topk, temperature, kd_mode, generator
+                )
             hidden_np = hidden.cpu().numpy()
             # Dictionary: file each vector under the token the teacher PREDICTS there (method.md §1).
             reservoir.add(argmax.cpu().numpy().reshape(-1), hidden_np.reshape(-1, hidden_np.shape[-1]))
@@ -103,13 +138,18 @@ def cache_shard_and_sample(
     reservoir_cap: int,
     device: str,
     progress: tqdm | None = None,
-) -> dict[str, int]:
-    """One shard of the teacher pass: ``out_dir/shards/cache-*.parquet`` + ``out_dir/parts/reservoir-<i>.parquet``.
+    block_influence_tokens: int = 0,
+) -> dict[str, Any]:
+    """One shard of the teacher pass: ``out_dir/shards/cache-*.parquet`` + ``out_dir/parts/reservoir-<i>.parquet``;
+    with ``block_influence_tokens`` the result also holds the shard's block-influence sums.
 
     The shard's reservoir is seeded by ``shard_index`` alone, so merging the parts in shard order
     (:mod:`dskd.teacher.reservoir_merge`) gives the same dictionary however shards were spread over workers.
     """
     reservoir = Reservoir(cap=reservoir_cap, dim=capture["hidden_size"], seed=shard_index, dtype=np.float16)
+    influence = BlockInfluence(len(decoder_layers(model))) if block_influence_tokens else None
+    # Sampled-KD draws: seeded by (cache seed, shard index) alone, so any worker count draws the same ids.
+    generator = torch.Generator(device=device).manual_seed(capture.get("seed", 0) * 1_000_003 + shard_index)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     rows = cache_shard(
@@ -121,9 +161,15 @@ def cache_shard_and_sample(
         batch_size,
         device,
         progress,
+        influence,
+        block_influence_tokens,
+        generator,
     )
     write_reservoir(reservoir_rows(reservoir), out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet")
-    return {"shard": shard_index, "rows": rows}
+    done: dict[str, Any] = {"shard": shard_index, "rows": rows}
+    if influence is not None:
+        done["block_influence"] = influence.to_json()
+    return done
 
 
 class TeacherPass:
@@ -153,6 +199,7 @@ class TeacherPass:
             self.section["reservoir_per_token"],
             self.device,
             progress,
+            self.section.get("block_influence_tokens", 0),
         )
         return {**done, "device": self.device, "compute_dtype": self.dtype}
 

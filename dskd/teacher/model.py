@@ -74,6 +74,14 @@ def final_hidden_and_logits(model: PreTrainedModel, input_ids: torch.Tensor) -> 
     return hidden, model.get_output_embeddings()(hidden)
 
 
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The list of transformer blocks of a HF decoder LM (Llama/Mistral/Qwen layout)."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ValueError(f"{type(model).__name__}: cannot find decoder layers; use a Llama-style teacher")
+    return layers
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> cuda when available, else cpu."""
     if device == "auto":

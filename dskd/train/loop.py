@@ -9,6 +9,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,8 +21,8 @@ from transformers import get_cosine_schedule_with_warmup
 from dskd.senses.dictionary import SenseTable
 from dskd.store.remote import ArtifactStore
 from dskd.train.data import Batch, collate, count_rows, iter_rows, shard_paths
-from dskd.train.losses import SenseProjection, ce_loss, kd_loss, sense_loss
-from dskd.train.student import build_student, trainable_state
+from dskd.train.losses import SenseProjection, ce_loss, kd_loss, sampled_kd_loss, sense_loss
+from dskd.train.student import build_student_from_section, trainable_state
 
 
 class WorkerContext(Protocol):
@@ -47,12 +48,13 @@ class TrainJob:
     cache_dir: str
     index_dir: str
     kd_temperature: float
-    student: dict[str, Any]
+    student: dict[str, Any]  # ``layers`` resolved to teacher indices (or "first")
     train: dict[str, Any]
     kappa: int
     # Shared store to fetch the artifact dirs above from on a node that lacks them (multi-node, no shared FS).
     storage_uri: str | None = None
     artifact_dirs: list[str] = field(default_factory=list)
+    kd_mode: str = "topk"  # how the cache holds the teacher distribution (its capture says which)
 
 
 def compute_losses(
@@ -62,6 +64,7 @@ def compute_losses(
     cfg: dict[str, Any],
     temperature: float,
     projection: torch.nn.Module | None = None,
+    kd_mode: str = "topk",
 ) -> dict[str, torch.Tensor]:
     """Loss terms for one batch; ``total`` is the one to backpropagate."""
     inner = getattr(model, "module", model)  # DDP wraps the HF model
@@ -76,7 +79,8 @@ def compute_losses(
     out["sense"] = zero
     if cfg["loss"] in ("kd", "dskd"):
         k = batch.topk_ids.shape[-1]
-        out["kd"] = kd_loss(
+        kd = sampled_kd_loss if kd_mode == "sampled" else kd_loss
+        out["kd"] = kd(
             logits_t,
             batch.topk_logits[:, :-1].reshape(-1, k),
             batch.topk_ids[:, :-1].reshape(-1, k),
@@ -142,15 +146,7 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
         ArtifactStore(job.storage_uri).ensure_all_local(job.artifact_dirs)
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(cfg["threads_per_worker"])
-    model = build_student(
-        job.teacher_dir,
-        job.student["n_layers"],
-        job.student["n_trainable_layers"],
-        job.student.get("hidden_size"),
-        job.student.get("intermediate_size"),
-        seed=cfg["seed"],
-        init_path=job.student.get("init_path"),
-    )
+    model = build_student_from_section(job.teacher_dir, job.student, seed=cfg["seed"])
     senses = None
     projection = None
     if cfg["loss"] == "dskd":
@@ -171,7 +167,8 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
 
     paths = shard_paths(Path(job.annotate_dir), Path(job.cache_dir), Path(job.index_dir))
     per_rank = count_rows(paths) // ctx.world_size
-    steps_per_epoch = math.ceil(per_rank / cfg["batch_size"])
+    accum = cfg.get("grad_accum", 1)
+    steps_per_epoch = math.ceil(per_rank / (cfg["batch_size"] * accum))
     if steps_per_epoch == 0:
         raise ValueError(f"{count_rows(paths)} sequences for {ctx.world_size} workers: lower train.num_workers")
     total_steps = steps_per_epoch * cfg["epochs"]
@@ -186,16 +183,14 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
         step, start_epoch = _load_checkpoint(resume, model, optimizer, projection)
         for _ in range(step):
             scheduler.step()
+    step_fn = TrainStep(model, optimizer, scheduler, projection, senses, cfg, job, ctx, total_steps, history)
     for epoch in range(start_epoch, cfg["epochs"]):
         rows = iter_rows(paths, ctx.rank, ctx.world_size, job.kappa, epoch_seed=cfg["seed"] * 1000 + epoch)
-        skip = step - epoch * steps_per_epoch  # batches already done in this epoch (resume)
-        for index, batch_rows in enumerate(_batches(rows, cfg["batch_size"])):
+        skip = step - epoch * steps_per_epoch  # optimizer steps already done in this epoch (resume)
+        for index, micro in enumerate(_chunks(_chunks(rows, cfg["batch_size"]), accum)):
             if index < skip:
                 continue
-            batch = collate(batch_rows).to(ctx.device)
-            step = _train_step(
-                model, optimizer, scheduler, projection, batch, senses, cfg, job, ctx, step, epoch, total_steps, history
-            )
+            step = step_fn([collate(rows).to(ctx.device) for rows in micro], step, epoch)
             if on_step is not None:
                 on_step(step)
             if step >= total_steps:
@@ -205,38 +200,89 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
     _finish(model, projection, ctx, step, history)
 
 
-def _batches(rows, batch_size: int):
-    """Consecutive lists of ``batch_size`` rows; the last one may be shorter."""
-    batch: list = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _chunks(items, size: int):
+    """Consecutive lists of ``size`` items; the last one may be shorter."""
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
-def _train_step(model, optimizer, scheduler, projection, batch, senses, cfg, job, ctx, step, epoch, total, history):
-    t0 = time.perf_counter()
-    losses = compute_losses(model, batch, senses, cfg, job.kd_temperature, projection)
-    optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()
-    optimizer.step()
-    scheduler.step()
-    step += 1
-    metrics = {f"loss_{k}": float(v.detach()) for k, v in losses.items()}
-    metrics.update(step_seconds=time.perf_counter() - t0, lr=scheduler.get_last_lr()[0], epoch=epoch)
-    if ctx.rank == 0:
-        ctx.log_metrics(metrics, step)
-        history.append({**metrics, "step": step})
-    checkpoint = None
-    if step % cfg["checkpoint_every"] == 0 and step < total and ctx.rank == 0:
-        # Rank 0 alone writes checkpoints (trainable weights + optimizer moments); every rank reports.
-        checkpoint = ctx.scratch_dir() / f"ckpt-{step}"
-        _save_checkpoint(checkpoint, model, optimizer, projection, step, epoch)
-    ctx.report({**metrics, "step": step}, checkpoint)
-    return step
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """bf16 for autocast where asked for and the device runs it fast (CUDA with bf16); None = plain fp32."""
+    on_cuda = device.startswith("cuda") and torch.cuda.is_available()
+    if precision == "bf16" or (precision == "auto" and on_cuda and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class TrainStep:
+    """One optimizer step over a list of micro-batches: accumulate, clip, step, log, checkpoint."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    projection: torch.nn.Module | None
+    senses: torch.Tensor | None
+    cfg: dict[str, Any]
+    job: TrainJob
+    ctx: WorkerContext
+    total: int
+    history: list[dict[str, float]]
+
+    def __call__(self, micro_batches: list[Batch], step: int, epoch: int) -> int:
+        cfg, ctx = self.cfg, self.ctx
+        t0 = time.perf_counter()
+        dtype = autocast_dtype(cfg.get("precision", "auto"), ctx.device)
+        device_type = "cuda" if ctx.device.startswith("cuda") else "cpu"
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        tokens = 0
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            # DDP: all-reduce gradients once, on the last micro-batch of the step.
+            sync = nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync, torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                losses = compute_losses(
+                    self.model, batch, self.senses, cfg, self.job.kd_temperature, self.projection, self.job.kd_mode
+                )
+                (losses["total"] / len(micro_batches)).backward()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) / len(micro_batches)
+            tokens += batch.input_ids.numel()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = float("nan")
+        if cfg.get("max_grad_norm"):
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"]))
+        self.optimizer.step()
+        self.scheduler.step()
+        step += 1
+        seconds = time.perf_counter() - t0
+        metrics = {f"loss_{k}": v for k, v in sums.items()}
+        metrics.update(
+            step_seconds=seconds,
+            lr=self.scheduler.get_last_lr()[0],
+            epoch=epoch,
+            grad_norm=grad_norm,
+            tokens=float(tokens * ctx.world_size),  # this step, all ranks (equal shares)
+            tokens_per_second=tokens * ctx.world_size / seconds,
+            total_steps=float(self.total),
+        )
+        if ctx.rank == 0:
+            ctx.log_metrics(metrics, step)
+            self.history.append({**metrics, "step": step})
+        checkpoint = None
+        if step % cfg["checkpoint_every"] == 0 and step < self.total and ctx.rank == 0:
+            # Rank 0 alone writes checkpoints (trainable weights + optimizer moments); every rank reports.
+            checkpoint = ctx.scratch_dir() / f"ckpt-{step}"
+            _save_checkpoint(checkpoint, self.model, self.optimizer, self.projection, step, epoch)
+        ctx.report({**metrics, "step": step}, checkpoint)
+        return step
 
 
 def _finish(model, projection, ctx: WorkerContext, step: int, history: list[dict[str, float]]) -> None:

@@ -68,6 +68,36 @@ def kd_loss(
     return alpha * t * t * _masked_mean(kl, mask)
 
 
+def sampled_kd_loss(
+    student_logits: Tensor,
+    teacher_sampled_logits: Tensor,
+    teacher_sampled_ids: Tensor,
+    teacher_lse: Tensor,
+    temperature: float = 1.0,
+    alpha: float = 0.7,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """alpha · T² · mean over positions of the Random-Sampling KD estimate of KL(p_T ‖ q_S) (Anshumann et al. 2025).
+
+    The cache holds k ids drawn with replacement from p_T = softmax(z/T) (repeats kept). With weights w_j
+    (default 1/k per draw) the estimate is Σ_j w_j (log p_T(x_j) − log q_S(x_j)): its expectation is the full KL,
+    and its gradient in the student is that of the cross-entropy to p_T, unbiased — unlike the top-k form, which
+    sees nothing of the teacher beyond its k ids. With ``weights`` = p_T over every id of the vocabulary it is the
+    exact KL (the closed form the tests check).
+
+    Args: as :func:`kd_loss`; ``teacher_sampled_ids [N, k]`` may repeat; ``weights [N, k]`` sum to 1 per row.
+    """
+    t = float(temperature)
+    s_logp = F.log_softmax(student_logits.float() / t, dim=-1)
+    q_logp = s_logp.gather(-1, teacher_sampled_ids.long())  # [N, k]
+    p_logp = teacher_sampled_logits.float() / t - teacher_lse.float().unsqueeze(-1)
+    if weights is None:
+        weights = torch.full_like(q_logp, 1.0 / q_logp.shape[-1])
+    kl = (weights.float() * (p_logp - q_logp)).sum(-1)
+    return alpha * t * t * _masked_mean(kl, mask)
+
+
 def ce_loss(student_logits: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean cross-entropy of ``student_logits [N, V]`` against ``targets [N]`` over the (masked) positions."""
     per_pos = F.cross_entropy(student_logits.float(), targets.long(), reduction="none")

@@ -94,3 +94,76 @@ def test_checkpoint_round_trip_is_exact(student, tmp_path: Path, tiny_teacher_di
         optim.step()
     for (n, a), (_, b) in zip(student.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), n
+
+
+class _Ctx:
+    """The WorkerContext of one local process (the loop's protocol; Ray supplies the real one)."""
+
+    rank, world_size, device = 0, 1, "cpu"
+
+    def __init__(self) -> None:
+        self.logged: list[dict] = []
+
+    def prepare_model(self, model):
+        return model
+
+    def report(self, metrics, checkpoint_dir) -> None:
+        pass
+
+    def checkpoint_dir(self):
+        return None
+
+    def log_metrics(self, metrics, step) -> None:
+        self.logged.append(metrics)
+
+    def scratch_dir(self):
+        raise AssertionError("no checkpoint expected")
+
+
+def _one_step(tiny_teacher_dir, micro_batches, **train):
+    from transformers import get_constant_schedule
+
+    from dskd.train.loop import TrainJob, TrainStep
+
+    torch.manual_seed(0)
+    model = build_student(tiny_teacher_dir, n_layers=2, n_trainable="all")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    cfg = {**CFG, "loss": "kd", "checkpoint_every": 10**9, "max_grad_norm": None, **train}
+    job = TrainJob("", "", "", "", 2.0, {}, cfg, 3)
+    ctx = _Ctx()
+    TrainStep(model, opt, get_constant_schedule(opt), None, None, cfg, job, ctx, 10, [])(micro_batches, 0, 0)
+    return model, ctx.logged[0]
+
+
+def test_accumulating_two_micro_batches_equals_one_double_batch(tiny_teacher_dir):
+    (whole, _), (a, _), (b, _) = (make_batch(49152, 64, 4, seed=s) for s in (0, 0, 1))
+    halves = [a, b]
+    double = collate_pair(a, b)
+    accumulated, m1 = _one_step(tiny_teacher_dir, halves)
+    single, m2 = _one_step(tiny_teacher_dir, [double])
+    assert m1["tokens"] == m2["tokens"] == 40
+    assert m1["loss_total"] == pytest.approx(m2["loss_total"], rel=1e-5)
+    # Gradients, not weights: AdamW's first step is ~lr·sign(g), which amplifies rounding where g ≈ 0.
+    pairs = zip(accumulated.named_parameters(), single.named_parameters(), strict=True)
+    grads = [(n, x.grad, y.grad) for (n, x), (_, y) in pairs]
+    assert len([g for g in grads if g[1] is not None]) > 10
+    for n, x, y in grads:
+        if x is not None:
+            assert torch.allclose(x, y, rtol=1e-4, atol=1e-8), n
+
+
+def collate_pair(a, b):
+    """One batch holding the rows of two (sense rows re-indexed to the second half)."""
+    from dskd.train.data import Batch
+
+    cat = {k: torch.cat([getattr(a, k), getattr(b, k)]) for k in a.__dict__}
+    cat["sense_batch"] = torch.cat([a.sense_batch, b.sense_batch + a.input_ids.shape[0]])
+    return Batch(**cat)
+
+
+def test_clipping_bounds_the_gradient_norm_and_reports_it(tiny_teacher_dir):
+    batch, _ = make_batch(49152, 64, 4)
+    model, metrics = _one_step(tiny_teacher_dir, [batch], max_grad_norm=0.01)
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    assert metrics["grad_norm"] > 0.01  # the norm before clipping
+    assert float(after) == pytest.approx(0.01, rel=1e-3)

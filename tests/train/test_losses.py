@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dskd.train.losses import SenseProjection, ce_loss, dskd_total, kd_loss, sense_loss
+from dskd.train.losses import SenseProjection, ce_loss, dskd_total, kd_loss, sampled_kd_loss, sense_loss
 
 
 def _topk_cache(teacher_logits: torch.Tensor, k: int, t: float):
@@ -186,3 +186,44 @@ def test_sense_projection_shapes_and_training():
         loss.backward()
         opt.step()
     assert loss.item() < first
+
+
+def test_sampled_kd_exhaustive_weights_give_exact_kl():
+    # Sampling "the whole distribution": every id once, weighted by p_T -> the estimator is exactly KL(p_T || q_S).
+    torch.manual_seed(1)
+    z_t, z_s, t = torch.randn(3, 7), torch.randn(3, 7), 2.0
+    ids = torch.arange(7).expand(3, 7)
+    lse = torch.logsumexp(z_t / t, -1)
+    p = torch.softmax(z_t / t, -1)
+    exact = (p * (torch.log_softmax(z_t / t, -1) - torch.log_softmax(z_s / t, -1))).sum(-1).mean()
+    got = sampled_kd_loss(z_s, z_t, ids, lse, temperature=t, alpha=1.0, weights=p)
+    assert torch.allclose(got, exact * t * t, atol=1e-6)
+
+
+def test_sampled_kd_draws_by_hand():
+    # Two draws of id 0 and one of id 2 over V=3, T=1, alpha=1: (1/3)*[2*(log p0 - log q0) + (log p2 - log q2)].
+    z_t = torch.tensor([[2.0, 0.0, 1.0]])
+    z_s = torch.tensor([[0.0, 0.0, 0.0]])
+    ids = torch.tensor([[0, 0, 2]])
+    lse = torch.logsumexp(z_t, -1)
+    log_p = z_t - lse
+    log_q = torch.full((3,), -math.log(3.0))
+    expected = (2 * (log_p[0, 0] - log_q[0]) + (log_p[0, 2] - log_q[2])) / 3
+    got = sampled_kd_loss(z_s, z_t[:, [0, 0, 2]], ids, lse, temperature=1.0, alpha=1.0)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_sampled_kd_is_unbiased_for_the_cross_entropy_gradient():
+    # The mean gradient over many draws from p approaches the gradient of the exact KL.
+    torch.manual_seed(0)
+    z_t = torch.randn(1, 6)
+    p = torch.softmax(z_t, -1)
+    lse = torch.logsumexp(z_t, -1)
+    z_s = torch.zeros(1, 6, requires_grad=True)
+    exact = (p * (torch.log(p) - torch.log_softmax(z_s, -1))).sum()
+    (g_exact,) = torch.autograd.grad(exact, z_s)
+    draws = torch.multinomial(p.expand(4000, 6), 8, replacement=True, generator=torch.Generator().manual_seed(0))
+    z_s_many = torch.zeros(4000, 6, requires_grad=True)
+    est = sampled_kd_loss(z_s_many, z_t.expand(4000, 6).gather(-1, draws), draws, lse.expand(4000), 1.0, 1.0)
+    (g_est,) = torch.autograd.grad(est * 4000, z_s_many)
+    assert torch.allclose(g_est.mean(0), g_exact[0], atol=0.02)
