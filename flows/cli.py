@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dskd.config import ConfigError, load_config
+from dskd.eval.arms import parse_arm
 from flows.env import configure_environment
 
 app = typer.Typer(
@@ -56,7 +57,9 @@ def run(
 def compare(
     overrides: list[str] = typer.Argument(None, help="config overrides, key=value"),
     config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: embedded default)"),
-    arms: str = typer.Option("ce,kd,dskd", help="loss modes to compare, comma-separated"),
+    arms: str = typer.Option(
+        "ce,kd,dskd", help="arms to compare, comma-separated: ce, kd, dskd, or dskd@<lambda> (e.g. dskd@0.5)"
+    ),
     seeds: str = typer.Option("0,1,2", help="seeds per arm, comma-separated"),
 ) -> None:
     """Train ce / kd / dskd students on the same cache and seeds, evaluate all, print mean ± std."""
@@ -66,8 +69,11 @@ def compare(
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err).splitlines()[0])
     arm_list = [a.strip() for a in arms.split(",") if a.strip()]
-    if not set(arm_list) <= {"ce", "kd", "dskd"}:
-        _fail(f"--arms {arms!r}: each arm must be one of ce, kd, dskd")
+    try:
+        for arm in arm_list:
+            parse_arm(arm)
+    except ValueError as err:
+        _fail(f"--arms: {err}")
     configure_environment(cfg.home_path, cfg.train.ray_address)
     from flows.compare import dskd_compare
 

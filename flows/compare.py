@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow
 
 from dskd.config import load_config
+from dskd.eval.arms import parse_arm
 from flows.dskd_pipeline import STAGES, run_stage_task, stage_runtimes, stage_sections
 from tasks.compare_report import compare_report
 from tasks.evaluate_student import evaluate_student
@@ -50,7 +51,7 @@ def dskd_compare(
             for arm in arms:
                 for seed in seeds:
                     train_section = copy.deepcopy(sections["train"])
-                    train_section["train"].update(loss=arm, seed=seed)
+                    train_section["train"].update(**parse_arm(arm), seed=seed)  # "dskd@0.5": λ = 0.5
                     upstream = {n: keys[n] for n in needs_of["train"]}
                     trained = run_stage_task(
                         train_student,
