@@ -97,9 +97,7 @@ def cache_shard(
             batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
             measure = block_influence is not None and block_influence.count < block_influence_tokens
             with measure_block_influence(model, block_influence) if measure else nullcontext():
-                values, ids, lse, argmax, hidden = teacher_outputs(
-                    model, batch, topk, temperature, kd_mode, generator
-                )
+                values, ids, lse, argmax, hidden = teacher_outputs(model, batch, topk, temperature, kd_mode, generator)
             hidden_np = hidden.cpu().numpy()
             # Dictionary: file each vector under the token the teacher PREDICTS there (method.md §1).
             reservoir.add(argmax.cpu().numpy().reshape(-1), hidden_np.reshape(-1, hidden_np.shape[-1]))
