@@ -32,6 +32,7 @@ SCRIPTS = [
     "rerun_ratio",
     "ray_scaling",
     "cache_rss",
+    "integrity_cost",
 ]
 RESULT_RE = re.compile(
     r"^RESULT measure=(?P<measure>\S+) value=(?P<value>\S+) target=(?P<op><=|>=)(?P<target>\S+) "

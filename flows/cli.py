@@ -137,8 +137,10 @@ def print_summary(summary: dict, wall: float) -> None:
 
 
 from flows.cli_ops import deploy, models_app, worker  # noqa: E402
+from flows.cli_verify import verify  # noqa: E402
 
 app.command()(deploy)
+app.command()(verify)
 app.command()(worker)
 app.add_typer(models_app, name="models")
 

@@ -11,6 +11,7 @@ import ray
 from prefect import task
 
 from dskd.plots import loss_curves
+from dskd.store.integrity import read_schema
 from dskd.teacher.schema import capture_of, check_capture
 from dskd.train.loop import TrainJob
 from tasks.cache_teacher_outputs import expected_capture
@@ -37,14 +38,12 @@ def train_student(
     ``runtime["storage_uri"]`` workers fetch missing inputs from the store and checkpoints go to
     ``<uri>/ray_results`` (unless ``train.storage_path`` is set).
     """
-    import pyarrow.parquet as pq
-
     storage_uri = (runtime or {}).get("storage_uri")
 
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         model_dir = teacher_dir(up["teacher"])
         cache_shards = sorted((up["teacher_cache"] / "shards").glob("*.parquet"))
-        found = capture_of(pq.read_schema(cache_shards[0]))
+        found = capture_of(read_schema(cache_shards[0]))
         check_capture(expected_capture(upstream["teacher"], model_dir, section["cache"]), found)
         job = TrainJob(
             teacher_dir=str(model_dir),

@@ -33,6 +33,7 @@ FOREGROUND = [
     "cache_vs_online",
     "teacher_cache_overhead",
     "cache_rss",
+    "integrity_cost",
 ]
 SCRIPTS = [PREPARE, *FOREGROUND, *BACKGROUND]
 # The `bench` extra (mlflow and accelerate pull both in today, but the suite must not depend on that).

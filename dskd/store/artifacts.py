@@ -24,10 +24,11 @@ MANIFEST = "manifest.json"
 # Bump a stage's schema version when its on-disk format changes: old artifacts are then not reused.
 SCHEMA_VERSIONS = {
     "teacher": 1,
-    "lexicon": 1,
-    "annotate": 1,
-    "teacher_cache": 2,  # 2: reservoir rows carry n_seen (per-shard reservoirs are merged)
-    "sense_index": 1,
+    # Parquet-writing stages, 2/3: page CRC checksums written (and verified on read): older files lack them.
+    "lexicon": 2,
+    "annotate": 2,
+    "teacher_cache": 3,  # 2: reservoir rows carry n_seen (per-shard reservoirs are merged)
+    "sense_index": 2,
     "train": 1,
     "baselines": 1,
     "evaluate": 2,

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from dskd.senses.dictionary import Reservoir
+from dskd.store.integrity import PARQUET_WRITE, iter_batches, read_table
 from dskd.teacher.model import final_hidden_and_logits, load_causal_lm, resolve_compute_dtype, resolve_device
 from dskd.teacher.schema import RESERVOIR_SCHEMA, teacher_cache_schema
 
@@ -52,7 +53,7 @@ def cache_shard(
     progress: tqdm | None = None,
 ) -> int:
     """Run the teacher over one annotated shard; write its cache shard; feed the reservoir. Returns rows."""
-    table = pq.read_table(shard_path)
+    table = read_table(shard_path)
     seq_ids = table.column("seq_id").to_numpy()
     input_ids = np.asarray(table.column("input_ids").to_pylist(), dtype=np.int64)
     full = table.column("full_positions").to_pylist()
@@ -61,7 +62,7 @@ def cache_shard(
     id_dtype = np.uint16 if schema.field("topk_ids").type.value_type == pa.uint16() else np.int32
     topk, temperature = capture["topk"], capture["kd_temperature"]
     # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
-    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False) as writer:
+    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False, **PARQUET_WRITE) as writer:
         for start in range(0, len(seq_ids), batch_size):
             batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
             values, ids, lse, argmax, hidden = teacher_outputs(model, batch, topk, temperature)
@@ -166,7 +167,7 @@ def reservoir_rows(reservoir: Reservoir) -> Iterator[tuple[int, np.ndarray, int]
 
 def write_reservoir(rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path) -> int:
     """Persist reservoir rows (float16 vectors, flattened) to Parquet; returns the token count."""
-    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd", **PARQUET_WRITE) as writer:
         batch: list[dict] = []
         n_tokens = 0
         for token_id, vectors, n_seen in rows:
@@ -189,7 +190,7 @@ def write_reservoir(rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path)
 
 def reservoir_file_rows(path: Path, dim: int) -> Iterator[tuple[int, np.ndarray, int]]:
     """``(token_id, vectors [n, dim] float16, n_seen)`` from a reservoir file, batch by batch."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
+    for batch in iter_batches(path, batch_size=512):
         columns = (
             batch.column("token_id").to_pylist(),
             batch.column("vectors").to_numpy(zero_copy_only=False),
