@@ -143,10 +143,10 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(20, ge=1)
     max_failures: int = Field(1, ge=0)
     keep_checkpoints: int = Field(
-        0,
+        1,
         ge=0,
-        description="Ray Train checkpoints kept per run after it finished (0 = remove the run's checkpoint dir; "
-        "the artifact holds the final student); a killed run always keeps its checkpoints to resume from",
+        description="Ray Train checkpoints kept once a run finished, moved to <run>-finished (0 = remove the run "
+        "dir: the artifact holds the final student); a killed run keeps all to resume from (run name = train key)",
     )
     ray_address: str | None = Field(None, description="existing Ray cluster; None = local (or RAY_ADDRESS)")
     storage_path: str | None = Field(

@@ -11,13 +11,14 @@ import ray
 from prefect import task
 
 from dskd.plots import loss_curves
+from dskd.store.artifacts import stage_key
 from dskd.store.integrity import read_schema
 from dskd.teacher.schema import capture_of, check_capture
 from dskd.train.loop import TrainJob
 from tasks.cache_teacher_outputs import expected_capture
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
-from tasks.ray_train import fit, init_ray
+from tasks.ray_train import clean_finished_run, fit, init_ray, run_name_for
 from tasks.tracking import tracking_uri
 
 STAGE = "train"
@@ -62,10 +63,12 @@ def train_student(
         try:
             uri = tracking_uri(tracking_cfg.get("tracking_uri"), home)
             checkpoints = f"{storage_uri.rstrip('/')}/ray_results" if storage_uri else str(Path(home) / "ray_results")
-            checkpoint = fit(job, train_cfg, checkpoints, uri, extra["mlflow_run_id"])
+            run_name = run_name_for(stage_key(STAGE, section, upstream))  # a rerun of this key resumes
+            checkpoint = fit(job, train_cfg, checkpoints, uri, extra["mlflow_run_id"], run_name)
             with checkpoint.as_directory() as ckpt:
                 shutil.copytree(Path(ckpt) / "student", tmp / "student")
                 history = json.loads((Path(ckpt) / "history.json").read_text())
+            clean_finished_run(train_cfg.get("storage_path") or checkpoints, run_name, train_cfg["keep_checkpoints"])
         finally:
             if started:
                 ray.shutdown()
