@@ -33,6 +33,7 @@ SCRIPTS = [
     "ray_scaling",
     "cache_rss",
     "time_to_quality",
+    "integrity_cost",
 ]
 RESULT_RE = re.compile(
     r"^RESULT measure=(?P<measure>\S+) value=(?P<value>\S+) target=(?P<op><=|>=)(?P<target>\S+) "

@@ -182,6 +182,12 @@ class TrainConfig(Section):
     threads_per_worker: int = Field(1, ge=1)
     checkpoint_every: int = Field(20, ge=1)
     max_failures: int = Field(1, ge=0)
+    keep_checkpoints: int = Field(
+        1,
+        ge=0,
+        description="Ray Train checkpoints kept once a run finished, moved to <run>-finished (0 = remove the run "
+        "dir: the artifact holds the final student); a killed run keeps all to resume from (run name = train key)",
+    )
     ray_address: str | None = Field(None, description="existing Ray cluster; None = local (or RAY_ADDRESS)")
     storage_path: str | None = Field(
         None,
@@ -330,6 +336,19 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; a syntax error becomes one line with the file, line and column."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem} (fix the file or pass another --config)") from None
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -344,7 +363,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path} (pass an existing YAML file to --config)")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _read_yaml(path)
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
         tree = loaded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,48 @@ def main_callback() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _load_and_check(config: Path | None, overrides: list[str]):
+    """Config, the process environment, then the preflight checks (no stage runs until they pass); one line and
+    exit 2 on a problem."""
+    try:
+        cfg = load_config(config, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        _fail(str(err).splitlines()[0])
+    configure_environment(cfg.home_path, cfg.train.ray_address)  # before preflight imports transformers (offline)
+    quiet_console()
+    from dskd.preflight import preflight
+
+    try:
+        preflight(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        _fail(str(err).splitlines()[0])
+    return cfg
+
+
+def quiet_console() -> None:
+    """Prefect's console handler shows only CRITICAL at the CLI: a failed task's traceback stays in the Prefect DB
+    and the log file, the terminal gets the one line (export PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=WARNING to see
+    them). Set before prefect is imported."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def _run_flow(home: Path, flow, *args):
+    """Run a flow; a user error raised anywhere inside it (a Prefect task, a Ray worker) ends as one line, exit 2,
+    with the full traceback in ``$DSKD_HOME/logs/last-error.log``. Other errors keep their traceback."""
+    from flows.errors import user_error, write_traceback
+
+    try:
+        return flow(*args)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        log = write_traceback(home, err)
+        _fail(f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__} (traceback: {log})")
 
 
 @app.command()
@@ -38,18 +79,11 @@ def run(
     config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: built-in embedded default)"),
 ) -> None:
     """Run the full pipeline: teacher, lexicon, annotate, teacher cache, sense index, train, evaluate, register."""
-    try:
-        cfg = load_config(config, overrides or [])
-    except (ConfigError, FileNotFoundError) as err:
-        _fail(str(err))
-    configure_environment(cfg.home_path, cfg.train.ray_address)
+    cfg = _load_and_check(config, overrides or [])
     from flows.dskd_pipeline import dskd_pipeline  # after the environment is set
 
     t0 = time.perf_counter()
-    try:
-        summary = dskd_pipeline(str(config) if config else None, list(overrides or []))
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err).splitlines()[0])
+    summary = _run_flow(cfg.home_path, dskd_pipeline, str(config) if config else None, list(overrides or []))
     print_summary(summary, time.perf_counter() - t0)
 
 
@@ -64,21 +98,22 @@ def compare(
 ) -> None:
     """Train ce / kd / dskd students on the same cache and seeds, evaluate all, print mean ± std."""
     try:
-        cfg = load_config(config, overrides or [])
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        _fail(str(err).splitlines()[0])
+    except ValueError:
+        _fail(f"--seeds {seeds!r}: a comma-separated list of integers (e.g. 0,1,2)")
+    cfg = _load_and_check(config, overrides or [])
     arm_list = [a.strip() for a in arms.split(",") if a.strip()]
     try:
         for arm in arm_list:
             parse_arm(arm)
     except ValueError as err:
         _fail(f"--arms: {err}")
-    configure_environment(cfg.home_path, cfg.train.ray_address)
     from flows.compare import dskd_compare
 
     t0 = time.perf_counter()
-    summary = dskd_compare(str(config) if config else None, list(overrides or []), arm_list, seed_list)
+    summary = _run_flow(
+        cfg.home_path, dskd_compare, str(config) if config else None, list(overrides or []), arm_list, seed_list
+    )
     console.print(f"dskd compare ({time.perf_counter() - t0:.1f} s): report in {summary['report']}")
     console.print((Path(summary["report"]) / "comparison.md").read_text())
 
@@ -108,8 +143,10 @@ def print_summary(summary: dict, wall: float) -> None:
 
 
 from flows.cli_ops import deploy, models_app, worker  # noqa: E402
+from flows.cli_verify import verify  # noqa: E402
 
 app.command()(deploy)
+app.command()(verify)
 app.command()(worker)
 app.add_typer(models_app, name="models")
 

@@ -43,7 +43,13 @@ def annotate_corpus(
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         tokenizer = load_tokenizer(teacher_dir(up["teacher"]))
         lex = read_lexicon(up["lexicon"])
-        docs = list(iter_documents(corpus["source"], corpus["text_field"]))
+        skipped: list[dict] = []  # binary / non-UTF-8 files: named in the manifest, not read as text
+        docs = list(iter_documents(corpus["source"], corpus["text_field"], skipped))
+        if not docs:
+            raise ValueError(
+                f"corpus '{corpus['source']}' has no readable UTF-8 text ({len(skipped)} file(s) skipped, first: "
+                f"{skipped[0]['path'] if skipped else '-'}); add .txt/.jsonl files in UTF-8"
+            )
         # Hold out whole documents: enough for the held-out sequences with a 2x margin for short docs.
         avg_tokens = max(1, int(np.mean([len(d) for d in docs[:200]]) / 4))
         n_held_docs = min(len(docs) // 2, 2 * corpus["n_heldout_seqs"] * corpus["seq_len"] // avg_tokens + 1)
@@ -65,11 +71,13 @@ def annotate_corpus(
         targets = np.concatenate([s[1:] for s in train])
         cov = coverage(lex, targets)
         extra["rows"] = {"train": n_train, "heldout": n_held}
+        extra["skipped_files"] = skipped
         extra["metrics"] = {
             "train_seqs": n_train,
             "heldout_seqs": n_held,
             "train_tokens": n_train * L,
             "documents": len(docs),
+            "skipped_files": len(skipped),
             **{f"coverage_{k}": float(v) for k, v in cov.items()},
         }
 

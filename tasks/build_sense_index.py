@@ -16,6 +16,7 @@ from dskd.lexicon.token_map import read_lexicon
 from dskd.plots import senses_histogram
 from dskd.senses.candidates import select_candidates
 from dskd.senses.dictionary import build_sense_table, compose_virtual_senses, faiss_single_thread
+from dskd.store.integrity import PARQUET_WRITE, read_table
 from dskd.teacher.cache import read_reservoir
 from dskd.teacher.schema import CANDIDATES_SCHEMA
 from tasks.common import run_stage, stage_cache_policy
@@ -24,8 +25,8 @@ STAGE = "sense_index"
 
 
 def _candidates_for_shard(cache_path: Path, ann_path: Path, table, lex, section: dict, dim: int, use_gpu):
-    cache = pq.read_table(cache_path, columns=["seq_id", "sense_positions", "sense_hidden"])
-    ann = pq.read_table(ann_path, columns=["input_ids", "full_positions", "posonly_positions"])
+    cache = read_table(cache_path, columns=["seq_id", "sense_positions", "sense_hidden"])
+    ann = read_table(ann_path, columns=["input_ids", "full_positions", "posonly_positions"])
     queries, next_tokens, full_flags, owners, positions = [], [], [], [], []
     for i in range(cache.num_rows):
         union = np.asarray(cache.column("sense_positions")[i].values, dtype=np.int64)
@@ -113,7 +114,8 @@ def build_sense_index(
         n_entries = n_full_with_neg = n_pos = 0
         for ann_path, cache_path in zip(ann_shards, cache_shards, strict=True):
             out, pos_rows, neg_rows = _candidates_for_shard(cache_path, ann_path, table, lex, section, dim, use_gpu)
-            pq.write_table(out, tmp / "candidates" / cache_path.name.replace("cache-", "cand-"), compression="zstd")
+            cand_path = tmp / "candidates" / cache_path.name.replace("cache-", "cand-")
+            pq.write_table(out, cand_path, compression="zstd", **PARQUET_WRITE)
             n_entries += len(pos_rows)
             n_pos += int((pos_rows >= 0).any(1).sum())
             n_full_with_neg += int((neg_rows >= 0).any(1).sum())

@@ -12,6 +12,7 @@ from typing import Any
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
 from dskd.store.artifacts import artifact_dir, is_complete, stage_key, write_artifact
+from dskd.store.integrity import verify_consumed
 from dskd.store.remote import ArtifactStore
 from tasks import tracking
 
@@ -80,6 +81,8 @@ def run_stage(
         return {"stage": stage, "key": key, "path": str(final), "computed": False, "fetched": True, "seconds": seconds}
     # An upstream name is its stage, optionally qualified ("evaluate:kd:0" when several of one stage feed in).
     upstream_paths = {name: artifact_dir(home, name.split(":")[0], k) for name, k in upstream.items()}
+    for path in upstream_paths.values():
+        verify_consumed(path)  # non-Parquet files by sha256; Parquet pages are CRC-checked as they are read
     uri = tracking.tracking_uri(tracking_cfg.get("tracking_uri"), home)
     with tracking.stage_run(uri, tracking_cfg["experiment"], home, parent_run_id, stage, section) as (client, rid):
         client.set_tag(rid, "dskd.key", key)

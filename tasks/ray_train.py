@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
@@ -22,6 +24,57 @@ from ray.train.torch import TorchTrainer
 from dskd.train.loop import TrainJob, run_training
 
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+MLFLOW_RUN_FILE = "mlflow_run_id.txt"
+
+
+def run_name_for(train_key: str) -> str:
+    """The Ray run name of a train stage key: a rerun of the same key (after the driver died) resumes its latest
+    complete checkpoint instead of starting at step 1."""
+    return f"dskd-train-{train_key}"
+
+
+def _storage_fs(storage_path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in storage_path:
+        return pafs.FileSystem.from_uri(storage_path)
+    return pafs.LocalFileSystem(), str(Path(storage_path).resolve())
+
+
+def _checkpoint_dirs(fs: pafs.FileSystem, run_dir: str) -> list[str]:
+    if fs.get_file_info(run_dir).type == pafs.FileType.NotFound:
+        return []
+    entries = fs.get_file_info(pafs.FileSelector(run_dir))
+    return sorted(e.path for e in entries if e.type == pafs.FileType.Directory and "checkpoint_" in e.base_name)
+
+
+def finished_checkpoint(storage_path: str, run_name: str) -> Checkpoint | None:
+    """The final checkpoint of a run that finished but whose driver died before collecting it, else None."""
+    fs, base = _storage_fs(storage_path)
+    for path in reversed(_checkpoint_dirs(fs, f"{base.rstrip('/')}/{run_name}")):
+        state = f"{path}/state.json"
+        if fs.get_file_info(state).type != pafs.FileType.File:
+            continue
+        with fs.open_input_stream(state) as fh:
+            done = json.loads(fh.read()).get("final", False)
+        return Checkpoint(path, filesystem=fs) if done else None
+    return None
+
+
+def clean_finished_run(storage_path: str, run_name: str, keep: int) -> None:
+    """After a run finished: remove its dir (``keep`` = 0), or keep the newest ``keep`` checkpoints and move the dir
+    aside as ``<run_name>-finished`` so a later run of the same key (artifact deleted) starts afresh."""
+    fs, base = _storage_fs(storage_path)
+    run_dir = f"{base.rstrip('/')}/{run_name}"
+    if fs.get_file_info(run_dir).type == pafs.FileType.NotFound:
+        return
+    if keep == 0:
+        fs.delete_dir(run_dir)
+        return
+    for old in _checkpoint_dirs(fs, run_dir)[:-keep]:
+        fs.delete_dir(old)
+    finished = f"{run_dir}-finished"
+    if fs.get_file_info(finished).type != pafs.FileType.NotFound:
+        fs.delete_dir(finished)
+    fs.move(run_dir, finished)
 
 
 class RayWorkerContext:
@@ -43,6 +96,8 @@ class RayWorkerContext:
         return ray.train.torch.prepare_model(model)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None and self._run_id:
+            (checkpoint_dir / MLFLOW_RUN_FILE).write_text(self._run_id)  # which MLflow run logged its history
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
         if checkpoint_dir is not None:
@@ -56,7 +111,20 @@ class RayWorkerContext:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        return Path(checkpoint.to_directory())
+        path = Path(checkpoint.to_directory())
+        self._relog_history(path)
+        return path
+
+    def _relog_history(self, checkpoint: Path) -> None:
+        """A run resumed after the driver died has a new MLflow run: log the steps the checkpoint covers there too,
+        so it holds every step once (a worker restart keeps its MLflow run, which has them already)."""
+        history, logged_by = checkpoint / "history.json", checkpoint / MLFLOW_RUN_FILE
+        if self._client is None or not history.is_file():
+            return
+        if logged_by.is_file() and logged_by.read_text().strip() == self._run_id:
+            return
+        for row in json.loads(history.read_text()):
+            self.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"]))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._client is None:
@@ -126,8 +194,13 @@ def fit(
 ) -> Checkpoint:
     """Run the TorchTrainer; returns the final checkpoint (holding ``student/`` and ``history.json``).
 
-    A fresh run name each call unless ``run_name`` is given: re-using one resumes its checkpoints.
+    A fresh run name each call unless ``run_name`` is given (:func:`run_name_for` the train key): re-using one resumes
+    from its latest complete checkpoint. The caller copies what it needs out of the returned checkpoint, then calls
+    :func:`clean_finished_run`.
     """
+    storage = train_cfg.get("storage_path") or storage_path
+    if run_name is not None and (done := finished_checkpoint(storage, run_name)) is not None:
+        return done  # the driver died after training finished: nothing left to train
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": asdict(job), "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id},
@@ -138,7 +211,7 @@ def fit(
         ),
         run_config=RunConfig(
             name=run_name or f"dskd-{uuid.uuid4().hex[:8]}",
-            storage_path=train_cfg.get("storage_path") or storage_path,
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=train_cfg["max_failures"]),
         ),

@@ -34,6 +34,15 @@ def passes_gate(challenger: float, champion: float | None, min_improvement: floa
     return challenger < champion * (1.0 - min_improvement)
 
 
+IDEMPOTENCY_TAG = "dskd.train_key"
+
+
+def version_with_tag(client: MlflowClient, name: str, tag: str, value: str):
+    """The (oldest) version of ``name`` whose ``tag`` equals ``value``, or None."""
+    matches = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get(tag) == value]
+    return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
 def register_version(
     client: MlflowClient,
     name: str,
@@ -44,14 +53,28 @@ def register_version(
     metric_value: float,
     min_improvement: float,
 ) -> dict[str, Any]:
-    """New version from ``source`` with tags; alias challenger; champion if it passes the gate."""
+    """New version from ``source`` with tags; alias challenger; champion if it passes the gate.
+
+    Idempotent per train key: when a version tagged with this ``dskd.train_key`` exists (a rerun after a crash
+    between registering and the stage's artifact rename), that version is reused instead of creating a second one.
+    """
     ensure_registered_model(client, name)
-    version = client.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    str_tags = {k: str(v) for k, v in tags.items()}
+    key = str_tags.get(IDEMPOTENCY_TAG)
+    existing = version_with_tag(client, name, IDEMPOTENCY_TAG, key) if key else None
+    version = existing or client.create_model_version(name, source=source, run_id=run_id, tags=str_tags)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     current = champion_version(client, name)
-    current_value = float(current.tags[metric]) if current is not None and metric in current.tags else None
-    promoted = passes_gate(metric_value, current_value, min_improvement)
-    if promoted:
+    if current is not None and current.version == version.version:
+        # Promoted before the crash: the gate was passed against the champion it replaced.
+        before = current.tags.get("dskd.previous_champion", "")
+        previous = client.get_model_version(name, before) if before else None
+        current, promoted = previous, True
+        current_value = float(previous.tags[metric]) if previous is not None and metric in previous.tags else None
+    else:
+        current_value = float(current.tags[metric]) if current is not None and metric in current.tags else None
+        promoted = passes_gate(metric_value, current_value, min_improvement)
+    if promoted and not _is_champion(client, name, version.version):
         client.set_registered_model_alias(name, CHAMPION, version.version)
         client.set_model_version_tag(
             name, version.version, "dskd.previous_champion", current.version if current is not None else ""
@@ -61,10 +84,16 @@ def register_version(
         "version": int(version.version),
         "aliases": [CHALLENGER] + ([CHAMPION] if promoted else []),
         "promoted": promoted,
+        "reused": existing is not None,
         "gate_metric": metric,
         "challenger_value": metric_value,
         "champion_value_before": current_value,
     }
+
+
+def _is_champion(client: MlflowClient, name: str, version: str) -> bool:
+    current = champion_version(client, name)
+    return current is not None and current.version == version
 
 
 def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:

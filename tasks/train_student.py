@@ -11,13 +11,15 @@ import ray
 from prefect import task
 
 from dskd.plots import loss_curves
+from dskd.store.artifacts import stage_key
+from dskd.store.integrity import read_schema
 from dskd.teacher.schema import capture_of, check_capture
 from dskd.train.loop import TrainJob
 from dskd.train.student import resolve_layers
 from tasks.cache_teacher_outputs import expected_capture
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
-from tasks.ray_train import fit, init_ray
+from tasks.ray_train import clean_finished_run, fit, init_ray, run_name_for
 from tasks.tracking import tracking_uri
 
 STAGE = "train"
@@ -38,14 +40,12 @@ def train_student(
     ``runtime["storage_uri"]`` workers fetch missing inputs from the store and checkpoints go to
     ``<uri>/ray_results`` (unless ``train.storage_path`` is set).
     """
-    import pyarrow.parquet as pq
-
     storage_uri = (runtime or {}).get("storage_uri")
 
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         model_dir = teacher_dir(up["teacher"])
         cache_shards = sorted((up["teacher_cache"] / "shards").glob("*.parquet"))
-        found = capture_of(pq.read_schema(cache_shards[0]))
+        found = capture_of(read_schema(cache_shards[0]))
         check_capture(expected_capture(upstream["teacher"], model_dir, section["cache"]), found)
         student = resolve_layers(section["student"], model_dir, up["teacher_cache"])
         extra["student_layers"] = student["layers"]
@@ -67,10 +67,12 @@ def train_student(
         try:
             uri = tracking_uri(tracking_cfg.get("tracking_uri"), home)
             checkpoints = f"{storage_uri.rstrip('/')}/ray_results" if storage_uri else str(Path(home) / "ray_results")
-            checkpoint = fit(job, train_cfg, checkpoints, uri, extra["mlflow_run_id"])
+            run_name = run_name_for(stage_key(STAGE, section, upstream))  # a rerun of this key resumes
+            checkpoint = fit(job, train_cfg, checkpoints, uri, extra["mlflow_run_id"], run_name)
             with checkpoint.as_directory() as ckpt:
                 shutil.copytree(Path(ckpt) / "student", tmp / "student")
                 history = json.loads((Path(ckpt) / "history.json").read_text())
+            clean_finished_run(train_cfg.get("storage_path") or checkpoints, run_name, train_cfg["keep_checkpoints"])
         finally:
             if started:
                 ray.shutdown()

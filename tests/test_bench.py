@@ -34,6 +34,7 @@ FOREGROUND = [
     "teacher_cache_overhead",
     "cache_rss",
     "time_to_quality",
+    "integrity_cost",
 ]
 SCRIPTS = [PREPARE, *FOREGROUND, *BACKGROUND]
 # The `bench` extra (mlflow and accelerate pull both in today, but the suite must not depend on that).

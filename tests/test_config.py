@@ -64,3 +64,14 @@ def test_trainable_layers_cannot_exceed_layers():
 def test_shipped_yaml_is_valid():
     cfg = load_config("configs/default.yaml", environ={})
     assert cfg.student.n_layers == 15 and cfg.train.loss == "dskd"
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 1e-4\n  epochs: [2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, environ={})
+    assert str(err.value).startswith(f"{bad}:4:1: YAML syntax error") and "\n" not in str(err.value)
+    bad.write_bytes(b"train:\n  lr: \xff\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(bad, environ={})

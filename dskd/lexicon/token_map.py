@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dskd.lexicon.types import ANTONYM, SYNONYM, TokenLexicon
+from dskd.store.integrity import PARQUET_WRITE, read_table
 
 __all__ = [
     "PAIRS_FILE",
@@ -180,7 +181,7 @@ def lexicon_from_table(table: pa.Table, virtual_table: pa.Table) -> TokenLexicon
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    pq.write_table(table, tmp, compression="zstd", **PARQUET_WRITE)
     os.replace(tmp, path)
 
 
@@ -197,7 +198,7 @@ def write_lexicon(lex: TokenLexicon, out_dir: str | Path) -> list[Path]:
 def read_lexicon(lex_dir: str | Path) -> TokenLexicon:
     """Read a lexicon written by ``write_lexicon``."""
     d = Path(lex_dir)
-    return lexicon_from_table(pq.read_table(d / PAIRS_FILE), pq.read_table(d / VIRTUAL_FILE))
+    return lexicon_from_table(read_table(d / PAIRS_FILE), read_table(d / VIRTUAL_FILE))
 
 
 def coverage(lex: TokenLexicon, token_ids: np.ndarray) -> dict[str, float]:

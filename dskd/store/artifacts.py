@@ -24,10 +24,12 @@ MANIFEST = "manifest.json"
 # Bump a stage's schema version when its on-disk format changes: old artifacts are then not reused.
 SCHEMA_VERSIONS = {
     "teacher": 1,
-    "lexicon": 1,
-    "annotate": 1,
-    "teacher_cache": 3,  # 2: reservoir rows carry n_seen; 3: kd_mode in the capture, block_influence.json
-    "sense_index": 1,
+    # Parquet-writing stages, 2/3+: page CRC checksums written (and verified on read): older files lack them.
+    "lexicon": 2,
+    "annotate": 2,
+    # 2: reservoir rows carry n_seen; 3: page checksums; 4: kd_mode in the capture, block_influence.json
+    "teacher_cache": 4,
+    "sense_index": 2,
     "train": 2,  # 2: student layers chosen by block influence (resolved list in the manifest)
     "baselines": 2,  # 2: the untrained student is built from the teacher cache's layer choice
     "evaluate": 2,

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from dskd.senses.dictionary import Reservoir
+from dskd.store.integrity import PARQUET_WRITE, iter_batches, read_table
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
 from dskd.teacher.model import (
     decoder_layers,
@@ -82,7 +83,7 @@ def cache_shard(
 
     The first ``block_influence_tokens`` positions of the shard also feed ``block_influence`` (layer hooks).
     """
-    table = pq.read_table(shard_path)
+    table = read_table(shard_path)
     seq_ids = table.column("seq_id").to_numpy()
     input_ids = np.asarray(table.column("input_ids").to_pylist(), dtype=np.int64)
     full = table.column("full_positions").to_pylist()
@@ -92,7 +93,7 @@ def cache_shard(
     topk, temperature = capture["topk"], capture["kd_temperature"]
     kd_mode = capture.get("kd_mode", "topk")
     # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
-    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False) as writer:
+    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False, **PARQUET_WRITE) as writer:
         for start in range(0, len(seq_ids), batch_size):
             batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
             measure = block_influence is not None and block_influence.count < block_influence_tokens
@@ -211,7 +212,7 @@ def reservoir_rows(reservoir: Reservoir) -> Iterator[tuple[int, np.ndarray, int]
 
 def write_reservoir(rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path) -> int:
     """Persist reservoir rows (float16 vectors, flattened) to Parquet; returns the token count."""
-    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd", **PARQUET_WRITE) as writer:
         batch: list[dict] = []
         n_tokens = 0
         for token_id, vectors, n_seen in rows:
@@ -234,7 +235,7 @@ def write_reservoir(rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path)
 
 def reservoir_file_rows(path: Path, dim: int) -> Iterator[tuple[int, np.ndarray, int]]:
     """``(token_id, vectors [n, dim] float16, n_seen)`` from a reservoir file, batch by batch."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
+    for batch in iter_batches(path, batch_size=512):
         columns = (
             batch.column("token_id").to_pylist(),
             batch.column("vectors").to_numpy(zero_copy_only=False),

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+
+from dskd.store.integrity import num_rows, read_table
 
 
 @dataclass
@@ -42,7 +43,7 @@ def shard_paths(annotate_dir: Path, cache_dir: Path, index_dir: Path) -> list[tu
 
 def count_rows(paths: list[tuple[Path, Path, Path]]) -> int:
     """Total training sequences (from Parquet footers, no data read)."""
-    return sum(pq.ParquetFile(a).metadata.num_rows for a, _, _ in paths)
+    return sum(num_rows(a) for a, _, _ in paths)
 
 
 def iter_rows(
@@ -54,9 +55,9 @@ def iter_rows(
     emitted = 0
     rng = np.random.default_rng(epoch_seed)
     for ann_path, cache_path, cand_path in paths:
-        ann = pq.read_table(ann_path, columns=["seq_id", "input_ids"])
-        cache = pq.read_table(cache_path)
-        cand = pq.read_table(cand_path)
+        ann = read_table(ann_path, columns=["seq_id", "input_ids"])
+        cache = read_table(cache_path)
+        cand = read_table(cand_path)
         if ann.column("seq_id").to_pylist() != cache.column("seq_id").to_pylist():
             raise ValueError(f"{cache_path.name}: seq_id order differs from {ann_path.name}; rebuild the cache")
         n = ann.num_rows

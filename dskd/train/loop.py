@@ -181,6 +181,8 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
     resume = ctx.checkpoint_dir()
     if resume is not None:
         step, start_epoch = _load_checkpoint(resume, model, optimizer, projection)
+        if (resume / "history.json").is_file():  # steps before the checkpoint: the history covers each once
+            history = json.loads((resume / "history.json").read_text())
         for _ in range(step):
             scheduler.step()
     step_fn = TrainStep(model, optimizer, scheduler, projection, senses, cfg, job, ctx, total_steps, history)
@@ -281,6 +283,7 @@ class TrainStep:
             # Rank 0 alone writes checkpoints (trainable weights + optimizer moments); every rank reports.
             checkpoint = ctx.scratch_dir() / f"ckpt-{step}"
             _save_checkpoint(checkpoint, self.model, self.optimizer, self.projection, step, epoch)
+            (checkpoint / "history.json").write_text(json.dumps(self.history))  # restored on resume
         ctx.report({**metrics, "step": step}, checkpoint)
         return step
 
@@ -296,6 +299,6 @@ def _finish(model, projection, ctx: WorkerContext, step: int, history: list[dict
         if projection is not None:
             save_file(projection.state_dict(), str(checkpoint / "projection.safetensors"))
         (checkpoint / "state.json").write_text(json.dumps({"step": step, "final": True}))
-        # History of this attempt only (a resumed run logs the earlier steps to MLflow already).
+        # Every step once: a resumed run starts from the history saved in its checkpoint.
         (checkpoint / "history.json").write_text(json.dumps(history))
     ctx.report({"step": step, "done": 1.0}, checkpoint)

@@ -1,0 +1,125 @@
+"""Integrity on read: artifacts are checked when they are consumed, not only when fetched from the store.
+
+* Parquet files are written with page CRC checksums (``write_page_checksum``) and read with
+  ``page_checksum_verification``: a flipped or truncated page fails while being read, at no extra pass.
+* Other files (safetensors, faiss, JSON) are checked against their manifest sha256 when a stage consumes the
+  artifact (:func:`verify_consumed`; once per file and process while size and mtime are unchanged).
+* :func:`verify_artifact` does both for a whole artifact (``dskd verify``).
+
+A problem is a :class:`CorruptArtifactError` (a ValueError, so the CLI prints it as one line) naming the file and
+the fix: remove the artifact dir so the next run recomputes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dskd.store.artifacts import MANIFEST, is_complete, read_manifest, sha256_file
+
+# Keyword arguments of every Parquet writer in the project (pq.write_table / pq.ParquetWriter).
+PARQUET_WRITE = {"write_page_checksum": True}
+_VERIFIED: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) already checked in this process
+
+
+class CorruptArtifactError(ValueError):
+    """A file of an artifact is corrupt, truncated or missing: one line with the file and the fix."""
+
+
+def _artifact_of(path: Path) -> Path:
+    for parent in [path, *path.parents]:
+        if (parent / MANIFEST).is_file():
+            return parent
+    return path.parent
+
+
+def corrupt(path: Path, why: str) -> CorruptArtifactError:
+    """The error for a bad ``path``: names it and says how to recompute its artifact."""
+    artifact = _artifact_of(Path(path))
+    return CorruptArtifactError(
+        f"corrupt artifact file {path} ({why}); remove {artifact} and rerun to recompute it (`dskd verify` checks "
+        "the whole home)"
+    )
+
+
+def _reason(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
+def read_table(path: str | Path, **kwargs: Any) -> pa.Table:
+    """``pq.read_table`` with page checksums verified; a bad file raises :class:`CorruptArtifactError`."""
+    try:
+        return pq.read_table(path, page_checksum_verification=True, **kwargs)
+    except (OSError, pa.ArrowException) as err:
+        raise corrupt(Path(path), _reason(err)) from err
+
+
+def read_schema(path: str | Path) -> pa.Schema:
+    """``pq.read_schema`` (footer only) with a one-line error for a truncated or non-Parquet file."""
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as err:
+        raise corrupt(Path(path), _reason(err)) from err
+
+
+def num_rows(path: str | Path) -> int:
+    """Row count from the footer (no data read)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as err:
+        raise corrupt(Path(path), _reason(err)) from err
+
+
+def iter_batches(path: str | Path, batch_size: int, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+    """``ParquetFile.iter_batches`` with page checksums verified."""
+    try:
+        yield from pq.ParquetFile(path, page_checksum_verification=True).iter_batches(batch_size=batch_size, **kwargs)
+    except (OSError, pa.ArrowException) as err:
+        raise corrupt(Path(path), _reason(err)) from err
+
+
+def _check_entry(artifact: Path, entry: dict[str, Any]) -> None:
+    path = artifact / entry["path"]
+    if not path.is_file():
+        raise corrupt(path, "missing")
+    if path.stat().st_size != entry["bytes"]:
+        raise corrupt(path, f"{path.stat().st_size} bytes, the manifest says {entry['bytes']}")
+    if "sha256" in entry and sha256_file(path) != entry["sha256"]:
+        raise corrupt(path, "sha256 differs from its manifest")
+
+
+def verify_consumed(artifact: Path) -> int:
+    """Check an upstream artifact's non-Parquet files (size + sha256) before a stage reads it; Parquet files are
+    checked page by page as they are read. Returns how many bytes were hashed (0 when all were checked before)."""
+    if not is_complete(artifact):
+        return 0
+    hashed = 0
+    for entry in read_manifest(artifact)["files"]:
+        if entry["path"].endswith(".parquet"):
+            continue
+        path = artifact / entry["path"]
+        stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None
+        if stamp is not None and _VERIFIED.get(str(path)) == stamp:
+            continue
+        _check_entry(artifact, entry)
+        _VERIFIED[str(path)] = stamp
+        hashed += entry["bytes"]
+    return hashed
+
+
+def verify_artifact(artifact: Path) -> int:
+    """Every file of an artifact: size and sha256 against the manifest, and each Parquet file read through with
+    page checksums. Returns the number of files checked; raises :class:`CorruptArtifactError` on the first bad one."""
+    if not is_complete(artifact):
+        raise CorruptArtifactError(f"{artifact} has no {MANIFEST}: an unfinished artifact; remove it")
+    entries = read_manifest(artifact)["files"]
+    for entry in entries:
+        _check_entry(artifact, entry)
+        if entry["path"].endswith(".parquet"):
+            for _ in iter_batches(artifact / entry["path"], batch_size=1024):
+                pass
+    return len(entries)
