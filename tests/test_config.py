@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dskd.config import ConfigError, PipelineConfig, load_config
@@ -10,7 +12,14 @@ from dskd.config import ConfigError, PipelineConfig, load_config
 def test_defaults_are_the_embedded_default():
     cfg = load_config(environ={})
     assert cfg.teacher.path is None and cfg.corpus.source == "boolq"
-    assert (cfg.cache.kd_temperature, cfg.train.alpha, cfg.senses.kappa, cfg.senses.max_related) == (2.0, 0.7, 5, 25)
+    assert (cfg.train.alpha, cfg.senses.kappa, cfg.senses.max_related) == (0.7, 5, 25)  # the paper's
+    # Our student construction and KD signal (configs/paper.yaml keeps the paper's first-L / top-2 / T=2).
+    st = cfg.student
+    assert (st.layers, st.n_trainable_layers, cfg.cache.kd_temperature) == ("block_influence", "all", 1.0)
+    assert cfg.train.max_grad_norm == 1.0 and not cfg.student.train_embeddings
+    # The YAML default and the built-in defaults agree on what decides the student.
+    yml = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", environ={})
+    assert yml.student == cfg.student and yml.cache == cfg.cache
 
 
 def test_precedence_yaml_env_cli(tmp_path):
