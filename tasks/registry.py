@@ -43,10 +43,14 @@ def register_version(
     metric: str,
     metric_value: float,
     min_improvement: float,
+    model_id: str | None = None,
 ) -> dict[str, Any]:
-    """New version from ``source`` with tags; alias challenger; champion if it passes the gate."""
+    """New version from ``source`` (``models:/<model_id>`` for a logged model) with tags; alias challenger;
+    champion if it passes the gate."""
     ensure_registered_model(client, name)
-    version = client.create_model_version(name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+    version = client.create_model_version(
+        name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}, model_id=model_id
+    )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     current = champion_version(client, name)
     current_value = float(current.tags[metric]) if current is not None and metric in current.tags else None
@@ -64,6 +68,8 @@ def register_version(
         "gate_metric": metric,
         "challenger_value": metric_value,
         "champion_value_before": current_value,
+        "model_uri": f"models:/{name}/{version.version}",
+        **({"model_id": model_id} if model_id else {}),
     }
 
 
