@@ -33,10 +33,8 @@ def registered(tiny_teacher_dir, tmp_path_factory):
         model_id = log_student(
             client, run_id, tiny_teacher_dir, tiny_teacher_dir, CARD, "licence text\n", {"dskd.train_key": "abc"}
         )
-        info = register_version(
-            client, MODEL, f"models:/{model_id}", run_id, {"heldout_perplexity": 9.0}, "heldout_perplexity", 9.0, 0.0,
-            model_id=model_id,
-        )
+        tags, source = {"heldout_perplexity": 9.0}, f"models:/{model_id}"
+        info = register_version(client, MODEL, source, run_id, tags, "heldout_perplexity", 9.0, 0.0, model_id=model_id)
     assert info["promoted"] and info["version"] == 1
     return uri, root, client
 
