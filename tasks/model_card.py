@@ -67,7 +67,7 @@ def teacher_facts(teacher_section: dict[str, Any], model_dir: Path) -> dict[str,
 def _fmt(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
-    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e12):
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e5):
         return str(int(value))
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
         return f"{value:.3g}"
