@@ -20,6 +20,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from dskd.train.loop import TrainJob, run_training
+from tasks.train_progress import ProgressBoard, board_progress
 
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 
@@ -27,13 +28,14 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 class RayWorkerContext:
     """WorkerContext backed by ray.train: rank/world, DDP preparation, checkpoint report/restore."""
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
+    def __init__(self, tracking_uri: str | None, run_id: str | None, progress=None) -> None:
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = str(ray.train.torch.get_device())
         self._client = None
         self._run_id = run_id
+        self._progress = progress if self.rank == 0 else None  # the driver's ProgressBoard actor
         if self.rank == 0 and tracking_uri and run_id:
             from mlflow.tracking import MlflowClient  # rank 0 alone logs
 
@@ -59,6 +61,8 @@ class RayWorkerContext:
         return Path(checkpoint.to_directory())
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._progress is not None:
+            self._progress.update.remote({**metrics, "step": step})  # fire and forget: never waits on the driver
         if self._client is None:
             return
         from mlflow.entities import Metric
@@ -72,7 +76,7 @@ class RayWorkerContext:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point on every worker."""
-    ctx = RayWorkerContext(config.get("tracking_uri"), config.get("mlflow_run_id"))
+    ctx = RayWorkerContext(config.get("tracking_uri"), config.get("mlflow_run_id"), config.get("progress"))
     run_training(TrainJob(**config["job"]), ctx)
 
 
@@ -128,9 +132,15 @@ def fit(
 
     A fresh run name each call unless ``run_name`` is given: re-using one resumes its checkpoints.
     """
+    board = ProgressBoard.remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": asdict(job), "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id},
+        train_loop_config={
+            "job": asdict(job),
+            "tracking_uri": tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+            "progress": board,
+        },
         scaling_config=ScalingConfig(
             num_workers=train_cfg["num_workers"],
             use_gpu=train_cfg["use_gpu"],
@@ -143,7 +153,11 @@ def fit(
             failure_config=FailureConfig(max_failures=train_cfg["max_failures"]),
         ),
     )
-    result = trainer.fit()
+    try:
+        with board_progress(board):  # a live bar on the driver (steps, loss, tokens/s, ETA) when on a terminal
+            result = trainer.fit()
+    finally:
+        ray.kill(board)
     if result.error:
         raise result.error
     if result.checkpoint is None:
