@@ -22,6 +22,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from dskd.train.loop import TrainJob, run_training
+from tasks.train_progress import ProgressBoard, board_progress
 
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 MLFLOW_RUN_FILE = "mlflow_run_id.txt"
@@ -80,13 +81,14 @@ def clean_finished_run(storage_path: str, run_name: str, keep: int) -> None:
 class RayWorkerContext:
     """WorkerContext backed by ray.train: rank/world, DDP preparation, checkpoint report/restore."""
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None) -> None:
+    def __init__(self, tracking_uri: str | None, run_id: str | None, progress=None) -> None:
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = str(ray.train.torch.get_device())
         self._client = None
         self._run_id = run_id
+        self._progress = progress if self.rank == 0 else None  # the driver's ProgressBoard actor
         if self.rank == 0 and tracking_uri and run_id:
             from mlflow.tracking import MlflowClient  # rank 0 alone logs
 
@@ -127,6 +129,8 @@ class RayWorkerContext:
             self.log_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"]))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._progress is not None:
+            self._progress.update.remote({**metrics, "step": step})  # fire and forget: never waits on the driver
         if self._client is None:
             return
         from mlflow.entities import Metric
@@ -140,7 +144,7 @@ class RayWorkerContext:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point on every worker."""
-    ctx = RayWorkerContext(config.get("tracking_uri"), config.get("mlflow_run_id"))
+    ctx = RayWorkerContext(config.get("tracking_uri"), config.get("mlflow_run_id"), config.get("progress"))
     run_training(TrainJob(**config["job"]), ctx)
 
 
@@ -201,9 +205,15 @@ def fit(
     storage = train_cfg.get("storage_path") or storage_path
     if run_name is not None and (done := finished_checkpoint(storage, run_name)) is not None:
         return done  # the driver died after training finished: nothing left to train
+    board = ProgressBoard.remote()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": asdict(job), "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id},
+        train_loop_config={
+            "job": asdict(job),
+            "tracking_uri": tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+            "progress": board,
+        },
         scaling_config=ScalingConfig(
             num_workers=train_cfg["num_workers"],
             use_gpu=train_cfg["use_gpu"],
@@ -216,7 +226,11 @@ def fit(
             failure_config=FailureConfig(max_failures=train_cfg["max_failures"]),
         ),
     )
-    result = trainer.fit()
+    try:
+        with board_progress(board):  # a live bar on the driver (steps, loss, tokens/s, ETA) when on a terminal
+            result = trainer.fit()
+    finally:
+        ray.kill(board)
     if result.error:
         raise result.error
     if result.checkpoint is None:

@@ -52,8 +52,10 @@ def register_version(
     metric: str,
     metric_value: float,
     min_improvement: float,
+    model_id: str | None = None,
 ) -> dict[str, Any]:
-    """New version from ``source`` with tags; alias challenger; champion if it passes the gate.
+    """New version from ``source`` (``models:/<model_id>`` for a logged model) with tags; alias challenger;
+    champion if it passes the gate.
 
     Idempotent per train key: when a version tagged with this ``dskd.train_key`` exists (a rerun after a crash
     between registering and the stage's artifact rename), that version is reused instead of creating a second one.
@@ -62,7 +64,9 @@ def register_version(
     str_tags = {k: str(v) for k, v in tags.items()}
     key = str_tags.get(IDEMPOTENCY_TAG)
     existing = version_with_tag(client, name, IDEMPOTENCY_TAG, key) if key else None
-    version = existing or client.create_model_version(name, source=source, run_id=run_id, tags=str_tags)
+    version = existing or client.create_model_version(
+        name, source=source, run_id=run_id, tags=str_tags, model_id=model_id
+    )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     current = champion_version(client, name)
     if current is not None and current.version == version.version:
@@ -88,6 +92,8 @@ def register_version(
         "gate_metric": metric,
         "challenger_value": metric_value,
         "champion_value_before": current_value,
+        "model_uri": f"models:/{name}/{version.version}",
+        **({"model_id": model_id} if model_id else {}),
     }
 
 

@@ -19,9 +19,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float) -> None:
+def wait_http(url: str, timeout: float, alive=lambda: True) -> None:
+    """Poll ``url`` until it answers 200; give up after ``timeout`` s or as soon as ``alive()`` is false."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the server behind {url} exited before it became healthy; see its log")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:

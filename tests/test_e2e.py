@@ -128,21 +128,37 @@ def test_stage_contents(flow_runs):
 
 
 def test_registered_version_loads_and_generates(flow_runs, tiny_teacher_dir):
+    """What a user does after `make run`: pipeline and pyfunc loads of the champion generate; the artifact carries
+    a model card naming the teacher and the corpus hash, and its model/ folder is a plain HF dir."""
     import mlflow
-    import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.student_model import pickled_files, using_tracking_uri
 
     home, first, _ = flow_runs
     reg = json.loads((Path(first["stages"][-1]["path"]) / "registration.json").read_text())
     assert reg["version"] == 1 and reg["promoted"] and set(reg["aliases"]) == {"challenger", "champion"}
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias("dskd-student", "champion")
     assert version.tags["dskd.train_key"] == first["keys"]["train"]
-    local = mlflow.artifacts.download_artifacts("models:/dskd-student@champion", dst_path=str(home / "dl"))
-    model = AutoModelForCausalLM.from_pretrained(local)
-    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
-    assert out.shape == (1, 7)
+    with using_tracking_uri(uri):
+        pipe = mlflow.transformers.load_model("models:/dskd-student@champion")
+        predictions = mlflow.pyfunc.load_model("models:/dskd-student@champion").predict(
+            ["Hello"], params={"max_new_tokens": 3}
+        )
+        local = Path(mlflow.artifacts.download_artifacts("models:/dskd-student@champion", dst_path=str(home / "dl")))
+    assert len(pipe("Hello", max_new_tokens=3)[0]["generated_text"]) > len("Hello")
+    assert isinstance(predictions[0], str) and predictions[0]
+    card = (local / "README.md").read_text()
+    annotate = read_manifest(Path(first["stages"][2]["path"]))
+    assert card.startswith("---\nlicense: ") and annotate["config"]["corpus"]["content_hash"] in card
+    assert str(tiny_teacher_dir.resolve()) in card and first["keys"]["sense_index"] in card
+    assert pickled_files(local) == []
+    model = AutoModelForCausalLM.from_pretrained(local / "model")
+    tokenizer = AutoTokenizer.from_pretrained(local / "model")
+    out = model.generate(tokenizer("Hello", return_tensors="pt").input_ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == len(tokenizer("Hello").input_ids) + 4
 
 
 def test_second_run_is_fully_cached(flow_runs):

@@ -79,3 +79,72 @@ def test_register_is_idempotent_per_train_key(client):
     assert rerun2["version"] == 2 and rerun2["promoted"] and rerun2["champion_value_before"] == 20.0
     assert [r["version"] for r in list_versions(c, "m")] == [2, 1]
     assert int(c.get_model_version_by_alias("m", "champion").version) == 2
+
+
+def test_model_card_eval_table_folds_stderr_and_compares():
+    from tasks.model_card import comparison, eval_table
+
+    results = {
+        "teacher": {"heldout_perplexity": 30.5, "mc.arc_easy.acc": 0.5, "mc.arc_easy.acc_stderr": 0.1},
+        "student_init": {"heldout_perplexity": 3.9e9, "mc.arc_easy.acc": 0.25},
+        "student": {"heldout_perplexity": 61.0, "mc.arc_easy.acc": 0.375, "mc.arc_easy.acc_stderr": 0.0625},
+    }
+    table = eval_table(results).splitlines()
+    assert table[0] == "| metric | teacher | untrained student | student |"
+    assert table[2] == "| heldout_perplexity | 30.5 | 3.9e+09 | 61 |"  # held-out rows first
+    assert table[3] == "| mc.arc_easy.acc | 0.5 ± 0.1 | 0.25 | 0.375 ± 0.0625 |"
+    assert len(table) == 4  # no separate *_stderr rows
+    text = comparison(results, "heldout_perplexity")
+    assert "vs the teacher: 61 against 30.5 (ratio 2)" in text
+    assert "vs the untrained student: 61 against 3.9e+09 (ratio 1.56e-08)" in text
+
+
+def test_model_card_licence_and_stage_keys(tmp_path):
+    from dskd.store.artifacts import write_artifact
+    from tasks.model_card import read_license, render_card, stage_keys, teacher_facts
+
+    model = tmp_path / "llama"
+    model.mkdir()
+    (model / "config.json").write_text('{"_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct"}')
+    assert read_license(model) == "unknown"
+    (model / "README.md").write_text("---\nlicense: llama3\nlanguage: [en]\n---\n# Llama 3\n")
+    facts = teacher_facts({"path": str(model)}, model)
+    assert facts == {
+        "id": "meta-llama/Meta-Llama-3-8B-Instruct",
+        "license": "llama3",
+        "path": str(model),
+        "source": "teacher.path",
+    }
+    assert teacher_facts({"path": None, "gguf_package": "p", "gguf_file": "f.gguf"}, model)["license"] == "apache-2.0"
+    # teacher <- annotate <- train: the train key alone reaches all three manifests.
+    for stage, key, up in [
+        ("teacher", "t1", {}),
+        ("annotate", "a1", {"teacher": "t1"}),
+        ("train", "r1", {"annotate": "a1"}),
+    ]:
+        with write_artifact(tmp_path, stage, key, {"x": 1}, up) as (out, _):
+            (out / "f").write_text("1")
+    assert stage_keys(tmp_path, {"train": "r1", "evaluate:kd:0": "e1"}) == {
+        "teacher": "t1",
+        "annotate": "a1",
+        "train": "r1",
+        "evaluate": "e1",
+    }
+    card = render_card(
+        {
+            "model_name": "m",
+            "teacher": facts,
+            "corpus": {"source": "boolq", "content_hash": "abc123", "license": "cc-by-sa-3.0"},
+            "keys": {"train": "r1"},
+            "config": {"train": {"lr": 5e-5}},
+            "train": {"steps": 4, "tokens": 256.0, "seconds": 1.5, "layers": [0, 1]},
+            "results": {"student": {"heldout_perplexity": 9.0}},
+            "metric": "heldout_perplexity",
+            "run_id": "run",
+            "git_commit": "c0ffee",
+        }
+    )
+    front = card.split("---\n")[1]
+    assert "license: llama3\nbase_model: meta-llama/Meta-Llama-3-8B-Instruct\n" in front
+    assert "| train | `r1` |" in card and "content hash `abc123`" in card and "4 optimizer steps, 256 training" in card
+    assert "lr: 5.0e-05" in card and "- training corpus: cc-by-sa-3.0" in card

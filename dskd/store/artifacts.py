@@ -33,7 +33,7 @@ SCHEMA_VERSIONS = {
     "train": 2,  # 2: student layers chosen by block influence (resolved list in the manifest)
     "baselines": 2,  # 2: the untrained student is built from the teacher cache's layer choice
     "evaluate": 2,
-    "register": 1,
+    "register": 2,  # 2: the student is logged as an MLflow transformers model with a model card
     "compare": 1,
 }
 
