@@ -33,7 +33,9 @@ SMALL = {
         "train.epochs": 1,
         "train.max_steps": 2,
         "eval.max_seqs": 4,
-        "eval.tasks": "{arc_easy: {limit: 8, k_shot: 1}}",
+        "eval.tasks": "[arc_easy]",
+        "eval.limit": 8,
+        "eval.num_fewshot": 1,
         "eval.probe_items": 10,
     },
     "tiny": {
@@ -49,7 +51,7 @@ SMALL = {
         "train.epochs": 1,
         "train.max_steps": 1,
         "eval.max_seqs": 2,
-        "eval.tasks": "{}",
+        "eval.tasks": "[]",
         "eval.probe_items": 0,
     },
 }

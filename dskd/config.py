@@ -197,16 +197,29 @@ class TrainConfig(Section):
     seed: int = 0
 
 
+class HarnessTaskOverride(Section):
+    limit: int | None = Field(None, ge=1, description="items for this task (per subtask of a group); None = suite's")
+    num_fewshot: int | None = Field(None, ge=0, description="shots for this task; None = the suite's")
+
+
 class EvalConfig(Section):
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1, description="held-out perplexity and lm-eval harness batch size")
     max_seqs: int | None = Field(None, description="cap on held-out sequences")
-    tasks: dict[str, dict[str, Any]] | None = Field(
-        None,
-        description="multiple-choice suite {task: {limit, k_shot, split}}; tasks: arc_easy, arc_challenge, "
-        "commonsense_qa, piqa, mmlu, jsonl:<path>; None = dskd.eval.mc_eval.DEFAULT_SUITE; {} = none",
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="dtype the evaluated models are loaded in; auto = the checkpoint's, as lm_eval --model hf"
+    )
+    tasks: list[str] = Field(
+        ["arc_easy", "arc_challenge", "commonsense_qa", "piqa", "mmlu"],
+        description="lm-eval harness tasks (local data: arc_easy, arc_challenge, commonsense_qa, piqa, mmlu; any "
+        "other harness task whose data is reachable, or a task YAML path); [] = none",
+    )
+    limit: int | None = Field(100, ge=1, description="items per task (per subtask of a group: MMLU has 57); None = all")
+    num_fewshot: int | None = Field(0, ge=0, description="shots for every task; None = each task's harness default")
+    task_overrides: dict[str, HarnessTaskOverride] = Field(
+        {"mmlu": HarnessTaskOverride(limit=3)}, description="per-task {limit, num_fewshot}"
     )
     probe_items: int = Field(100, ge=0, description="WordNet lexical probe items (held-out words); 0 = off")
-    seed: int = Field(0, description="item sampling and few-shot seed (the same for every model)")
+    seed: int = Field(0, description="lexical-probe item sampling seed (the harness uses its own default seeds)")
 
 
 class TrackingConfig(Section):

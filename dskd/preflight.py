@@ -19,7 +19,6 @@ from typing import Any
 from dskd.config import ConfigError, PipelineConfig
 
 STORAGE_TIMEOUT_S = 8.0  # an unreachable object store must not eat the preflight budget
-MC_TASK_KEYS = {"limit", "k_shot", "split", "style"}
 
 
 @dataclass
@@ -170,35 +169,30 @@ def check_corpus(cfg: PipelineConfig) -> None:
 
 
 def expected_metrics(cfg: PipelineConfig) -> set[str]:
-    """Metric names the evaluate stage will produce for this config (what registry.metric may name)."""
-    from dskd.eval.mc_eval import DEFAULT_SUITE
-
+    """Metric names the evaluate stage will produce for this config (what registry.metric may name); the lexical
+    probe's names start with ``probe.``."""
     names = {"heldout_nll", "heldout_perplexity", "heldout_accuracy", "heldout_tokens"}
-    tasks = DEFAULT_SUITE if cfg.eval.tasks is None else cfg.eval.tasks
-    names |= {f"mc.{t}.{m}" for t in tasks for m in ("acc", "acc_norm", "n")}
-    if cfg.eval.probe_items:
-        names |= {f"probe.syn_vs_{k}.{m}" for k in ("antonym", "unrelated") for m in ("acc", "n")}
+    fields = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "n_shot")
+    names |= {f"mc.{Path(t).stem if t.endswith('.yaml') else t}.{m}" for t in cfg.eval.tasks for m in fields}
     return names
 
 
 def check_eval(cfg: PipelineConfig) -> None:
-    """Multiple-choice task names and settings, jsonl task files, and the registry gate metric."""
-    from dskd.eval.benchmarks import TASKS
+    """Harness task names (the shipped ones are known without building the harness's task index) and the registry
+    gate metric."""
+    from dskd.eval.harness import LOCAL_TASKS
 
-    for name, spec in (cfg.eval.tasks or {}).items():
-        if name.startswith("jsonl:"):
-            if not Path(name[len("jsonl:") :]).expanduser().is_file():
-                raise ConfigError(f"eval.tasks: jsonl task file not found: {name[len('jsonl:') :]}")
-        elif name not in TASKS:
-            raise ConfigError(f"eval.tasks: unknown task '{name}'; use one of {sorted(TASKS)} or 'jsonl:<path>'")
-        if not isinstance(spec, dict) or set(spec) - MC_TASK_KEYS:
-            raise ConfigError(f"eval.tasks.{name}: settings must be a mapping of {sorted(MC_TASK_KEYS)}")
-        for key in ("limit", "k_shot"):
-            value = spec.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ConfigError(f"eval.tasks.{name}.{key}={value!r}: must be an integer >= 0")
+    tasks = cfg.eval.tasks
+    unknown = [t for t in tasks if t not in LOCAL_TASKS and not t.startswith("mmlu_") and not Path(t).is_file()]
+    if unknown:  # maybe another harness task with local data: ask the harness (its task index takes ~5-10 s)
+        from dskd.eval.harness import check_tasks, local_task_manager
+
+        try:
+            check_tasks(unknown, local_task_manager())
+        except ValueError as err:
+            raise ConfigError(f"eval.tasks: {err}") from None
     metric = cfg.registry.metric
-    if metric not in expected_metrics(cfg):
+    if metric not in expected_metrics(cfg) and not (cfg.eval.probe_items and metric.startswith("probe.")):
         raise ConfigError(
             f"registry.metric '{metric}' is not an eval metric of this config; use e.g. heldout_perplexity "
             f"or one of {sorted(expected_metrics(cfg))[:6]}..."

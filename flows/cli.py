@@ -142,8 +142,12 @@ def print_summary(summary: dict, wall: float) -> None:
         )
 
 
+from flows.cli_eval import eval_command, eval_tasks_command  # noqa: E402
 from flows.cli_ops import deploy, models_app, worker  # noqa: E402
 from flows.cli_verify import verify  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("eval-tasks")(eval_tasks_command)
 
 app.command()(deploy)
 app.command()(verify)

@@ -11,11 +11,13 @@ from prefect import task
 
 from dskd.data.annotate import read_sequences
 from dskd.eval.evaluation import evaluate_model
+from dskd.eval.harness import harness_tags, load_hf_model, results_json
 from dskd.lexicon.wordnet import load_wordnet
-from dskd.teacher.model import load_causal_lm, load_tokenizer
+from dskd.teacher.model import load_tokenizer
 from dskd.train.student import build_student_from_section, resolve_layers
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
+from tasks.tracking import client_for, tracking_uri
 
 
 def _heldout(annotate: Path, eval_cfg: dict[str, Any]):
@@ -27,6 +29,25 @@ def _wordnet(section: dict[str, Any], home: str):
     if not section["eval"]["probe_items"]:
         return None
     return load_wordnet(section.get("nltk_data_dir"), cache_dir=Path(home) / "nltk_data")
+
+
+def _evaluate(who: str, model, tokenizer, heldout, section, wn, tmp: Path, run) -> dict[str, float]:
+    """Flat metrics of one model; the harness's own results JSON goes next to metrics.json as
+    ``harness_<who>.json`` and to the stage's MLflow run (artifact + tags: lm-eval and task versions, n-shot,
+    limit), so a figure can be compared with what ``lm_eval`` prints."""
+    metrics, results = evaluate_model(model, tokenizer, heldout, section["eval"], wn)
+    if results is not None:
+        path = tmp / f"harness_{who}.json"
+        path.write_text(results_json(results))
+        client, run_id = run
+        client.log_artifact(run_id, str(path))
+        for key, value in harness_tags(results).items():
+            client.set_tag(run_id, key if who == "student" else f"{who}.{key}", value)
+    return metrics
+
+
+def _run(tracking_cfg: dict[str, Any], home: str, extra: dict):
+    return client_for(tracking_uri(tracking_cfg.get("tracking_uri"), home)), extra["mlflow_run_id"]
 
 
 @task(cache_policy=stage_cache_policy("baselines"), persist_result=True, result_serializer="json")
@@ -45,9 +66,11 @@ def evaluate_baselines(
         model_dir = teacher_dir(up["teacher"])
         tokenizer, wn = load_tokenizer(model_dir), _wordnet(section, home)
         heldout, cfg, student = _heldout(up["annotate"], section["eval"]), section["eval"], section["student"]
-        results = {"teacher": evaluate_model(load_causal_lm(model_dir), tokenizer, heldout, cfg, wn)}
+        run = _run(tracking_cfg, home, extra)
+        teacher = load_hf_model(model_dir, cfg["dtype"])
+        results = {"teacher": _evaluate("teacher", teacher, tokenizer, heldout, section, wn, tmp, run)}
         init = build_student_from_section(model_dir, resolve_layers(student, model_dir, up["teacher_cache"]))
-        results["student_init"] = evaluate_model(init, tokenizer, heldout, cfg, wn)
+        results["student_init"] = _evaluate("student_init", init, tokenizer, heldout, section, wn, tmp, run)
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2))
         extra["metrics"] = {f"{who}.{k}": v for who, m in results.items() for k, v in m.items()}
 
@@ -68,10 +91,11 @@ def evaluate_student(
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         model_dir = teacher_dir(up["teacher"])
         tokenizer, wn = load_tokenizer(model_dir), _wordnet(section, home)
-        heldout, cfg = _heldout(up["annotate"], section["eval"]), section["eval"]
+        heldout = _heldout(up["annotate"], section["eval"])
         results = json.loads((up["baselines"] / "metrics.json").read_text())
-        trained = load_causal_lm(up["train"] / "student", dtype="float32")
-        results["student"] = evaluate_model(trained, tokenizer, heldout, cfg, wn)
+        trained = load_hf_model(up["train"] / "student", section["eval"]["dtype"])
+        student = _evaluate("student", trained, tokenizer, heldout, section, wn, tmp, _run(tracking_cfg, home, extra))
+        results["student"] = student
         (tmp / "metrics.json").write_text(json.dumps(results, indent=2))
         extra["metrics"] = {k: v for k, v in results["student"].items()}
 

@@ -72,7 +72,7 @@ def test_deployment_run_and_scheduled_run(tmp_path, tiny_teacher_dir):
         DSKD_CORPUS__SHARD_SEQS="8",
         DSKD_TRAIN__BATCH_SIZE="2",
         DSKD_TRAIN__EPOCHS="1",
-        DSKD_EVAL__TASKS="{}",
+        DSKD_EVAL__TASKS="[]",
         DSKD_EVAL__PROBE_ITEMS="0",
         DSKD_STUDENT__N_LAYERS="2",
         DSKD_STUDENT__N_TRAINABLE_LAYERS="1",

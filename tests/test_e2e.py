@@ -38,7 +38,10 @@ def tiny_overrides(teacher_dir: Path, home: Path) -> list[str]:
         "train.num_workers=2",
         "train.checkpoint_every=2",
         "train.epochs=1",
-        "eval.tasks={arc_easy: {limit: 4, k_shot: 1}, mmlu: {limit: 3, k_shot: 0}}",
+        "eval.tasks=[arc_easy, mmlu_anatomy]",
+        "eval.limit=4",
+        "eval.num_fewshot=1",
+        "eval.task_overrides={mmlu_anatomy: {limit: 3, num_fewshot: 0}}",
         "eval.probe_items=6",
         "student.n_layers=2",
         "student.n_trainable_layers=1",
@@ -122,8 +125,9 @@ def test_stage_contents(flow_runs):
     assert set(metrics) == {"teacher", "student_init", "student"}
     for who in metrics.values():
         assert who["heldout_tokens"] == 4 * 31
-        assert who["mc.arc_easy.n"] == 4 and who["mc.mmlu.n"] == 3
-        assert 0.0 <= who["mc.arc_easy.acc"] <= 1.0
+        assert who["mc.arc_easy.n"] == 4 and who["mc.mmlu_anatomy.n"] == 3
+        assert who["mc.arc_easy.n_shot"] == 1 and who["mc.mmlu_anatomy.n_shot"] == 0
+        assert 0.0 <= who["mc.arc_easy.acc"] <= 1.0 and who["mc.arc_easy.acc_stderr"] >= 0
         assert who["probe.syn_vs_antonym.n"] == who["probe.syn_vs_unrelated.n"] == 6  # probe_items per kind
 
 
@@ -200,7 +204,7 @@ def test_changed_corpus_file_recomputes_only_downstream(flow_runs, tiny_teacher_
         "corpus.n_heldout_seqs=2",
         "train.num_workers=1",
         "train.batch_size=4",
-        "eval.tasks={}",
+        "eval.tasks=[]",
         "eval.probe_items=0",
     ]
     before = dskd_pipeline(None, overrides)

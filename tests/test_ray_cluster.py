@@ -43,7 +43,7 @@ def test_pipeline_caches_and_trains_on_a_two_node_cluster(two_node_cluster, tiny
         "corpus.seq_len=32",
         "train.batch_size=2",
         "train.epochs=1",
-        "eval.tasks={}",
+        "eval.tasks=[]",
         "eval.probe_items=0",
         "corpus.shard_seqs=4",  # 2 shards for the 2 teacher replicas
         "cache.num_workers=2",  # teacher pass on the cluster too: one CPU per replica, so both nodes

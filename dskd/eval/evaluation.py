@@ -1,5 +1,6 @@
 """The evaluation suite, same code for the teacher and every student: held-out perplexity and next-token
-accuracy, lm-eval-harness-style multiple-choice scoring, and the WordNet lexical probe."""
+accuracy, the benchmarks through lm-evaluation-harness (:mod:`dskd.eval.harness`), and the WordNet lexical
+probe."""
 
 from __future__ import annotations
 
@@ -36,17 +37,20 @@ def heldout_metrics(model, sequences: np.ndarray, batch_size: int = 8, device: s
 
 def evaluate_model(
     model, tokenizer, heldout: np.ndarray, cfg: dict, wordnet=None, device: str = "cpu"
-) -> dict[str, float]:
-    """Flat metrics for one model: heldout_*, mc.<task>.acc/acc_norm, probe.<kind>.acc (see EvalConfig)."""
+) -> tuple[dict[str, float], dict | None]:
+    """(flat metrics, the harness's results dict or None) for one model: heldout_*, mc.<task>.<metric> (acc,
+    acc_stderr, acc_norm, ..., n, n_shot; see :func:`dskd.eval.harness.flatten_results`), probe.<kind>.acc
+    (``cfg``: an EvalConfig dump). The harness runs the model where it is (``device`` is for the rest)."""
+    from dskd.eval.harness import flatten_results, run_suite
     from dskd.eval.lexical_probe import build_probe_items, score_probe
-    from dskd.eval.mc_eval import evaluate_suite
 
     metrics = heldout_metrics(model, heldout, cfg["batch_size"], device)
-    if cfg["tasks"] != {}:
-        for task, m in evaluate_suite(model, tokenizer, cfg["tasks"], seed=cfg["seed"], device=device).items():
-            metrics.update({f"mc.{task}.acc": m["acc"], f"mc.{task}.acc_norm": m["acc_norm"], f"mc.{task}.n": m["n"]})
+    results = None
+    if cfg["tasks"]:
+        results = run_suite(model, tokenizer, cfg)
+        metrics.update(flatten_results(results))
     if cfg["probe_items"] and wordnet is not None:
         items = build_probe_items(wordnet, tokenizer, cfg["probe_items"], cfg["seed"])
         for kind, m in score_probe(model, tokenizer, items, device=device).items():
             metrics.update({f"probe.{kind}.acc": m["acc"], f"probe.{kind}.n": m["n"]})
-    return metrics
+    return metrics, results

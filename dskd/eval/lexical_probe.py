@@ -27,8 +27,7 @@ import re
 from collections import defaultdict
 from functools import lru_cache
 
-from dskd.eval.benchmarks import MCItem
-from dskd.eval.mc_eval import score_task
+from dskd.eval.loglik import MCItem, score_task
 from dskd.lexicon.wordnet import wordnet_pairs
 
 __all__ = [

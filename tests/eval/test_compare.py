@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dskd.eval.comparison import mean_std
+from dskd.eval.comparison import markdown_table, mean_std, summarise
 
 pytestmark = pytest.mark.e2e
 
@@ -17,6 +17,23 @@ def test_mean_std_by_hand():
     mean, std = mean_std([1.0, 2.0, 6.0])
     assert mean == 3.0 and std == pytest.approx(7**0.5)
     assert mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_table_shows_stderr_and_says_when_a_difference_is_inside_it():
+    def run(arm, seed, acc, se):
+        metrics = {"heldout_perplexity": 10.0, "mc.piqa.acc": acc, "mc.piqa.acc_stderr": se}
+        return {"arm": arm, "seed": seed, "metrics": metrics, "step_seconds": 1.0}
+
+    runs = [run("kd", 0, 0.50, 0.03), run("kd", 1, 0.52, 0.05), run("dskd", 0, 0.60, 0.04), run("dskd", 1, 0.62, 0.04)]
+    summary = summarise(runs)
+    assert summary["kd"]["mc.piqa.acc_stderr"] == pytest.approx((0.04, 0.02**0.5 / 10))
+    table = markdown_table(summary, {"teacher": {"mc.piqa.acc": 0.7, "mc.piqa.acc_stderr": 0.02}})
+    assert "| teacher | — | 0.700 (se 0.020) |" in table
+    assert "0.510 ± 0.014 (se 0.040)" in table  # kd: mean ± std over seeds, mean harness stderr
+    # dskd − kd = 0.61 − 0.51 = +0.100; combined se = sqrt(0.04² + 0.04²) = 0.0566 -> outside, 1.8 se
+    assert "| dskd − kd | mc.piqa.acc | +0.100 | 0.057 | outside the stderr (1.8 se) |" in table
+    runs[2]["metrics"]["mc.piqa.acc"] = runs[3]["metrics"]["mc.piqa.acc"] = 0.55  # +0.04 < 0.057
+    assert "| dskd − kd | mc.piqa.acc | +0.040 | 0.057 | inside the stderr |" in markdown_table(summarise(runs), {})
 
 
 def test_compare_flow(tiny_teacher_dir, tmp_path):
@@ -33,7 +50,8 @@ def test_compare_flow(tiny_teacher_dir, tmp_path):
         "train.num_workers=1",
         "student.n_layers=2",
         "student.n_trainable_layers=1",
-        "eval.tasks={arc_easy: {limit: 3, k_shot: 0}}",
+        "eval.tasks=[arc_easy]",
+        "eval.limit=3",
         "eval.probe_items=0",
     ]
     # Two arms x two seeds keep the test short; the CLI default is ce, kd, dskd x seeds 0, 1, 2.
