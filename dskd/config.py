@@ -37,7 +37,7 @@ class CorpusConfig(Section):
     )
     text_field: str = Field("text", description="JSONL field holding the text")
     seq_len: int = Field(128, ge=8, description="tokens per training sequence")
-    n_train_seqs: int = Field(192, ge=1, description="train sequences (bounded slice of the corpus)")
+    n_train_seqs: int = Field(768, ge=1, description="train sequences (bounded slice of the corpus)")
     n_heldout_seqs: int = Field(32, ge=1, description="held-out sequences for perplexity / accuracy")
     shard_seqs: int = Field(64, ge=1, description="sequences per Parquet shard")
     seed: int = 0
@@ -209,14 +209,14 @@ class EvalConfig(Section):
         "auto", description="dtype the evaluated models are loaded in; auto = the checkpoint's, as lm_eval --model hf"
     )
     tasks: list[str] = Field(
-        ["arc_easy", "arc_challenge", "commonsense_qa", "piqa", "mmlu"],
+        ["arc_easy", "arc_challenge", "piqa", "mmlu"],
         description="lm-eval harness tasks (local data: arc_easy, arc_challenge, commonsense_qa, piqa, mmlu; any "
         "other harness task whose data is reachable, or a task YAML path); [] = none",
     )
-    limit: int | None = Field(100, ge=1, description="items per task (per subtask of a group: MMLU has 57); None = all")
+    limit: int | None = Field(50, ge=1, description="items per task (per subtask of a group: MMLU has 57); None = all")
     num_fewshot: int | None = Field(0, ge=0, description="shots for every task; None = each task's harness default")
     task_overrides: dict[str, HarnessTaskOverride] = Field(
-        {"mmlu": HarnessTaskOverride(limit=3)}, description="per-task {limit, num_fewshot}"
+        {"mmlu": HarnessTaskOverride(limit=1)}, description="per-task {limit, num_fewshot}"
     )
     probe_items: int = Field(100, ge=0, description="WordNet lexical probe items (held-out words); 0 = off")
     seed: int = Field(0, description="lexical-probe item sampling seed (the harness uses its own default seeds)")
