@@ -11,8 +11,10 @@ from prefect import task
 from tqdm import tqdm
 
 from dskd.plots import block_influence_bars
+from dskd.store.artifacts import stage_key
+from dskd.store.staging import UnitStaging, staging_dir
 from dskd.teacher.block_influence import BlockInfluence
-from dskd.teacher.cache import TeacherPass, reservoir_file_rows, tokenizer_hash, write_reservoir
+from dskd.teacher.cache import TeacherPass, reservoir_file_rows, staged_shards, tokenizer_hash, write_reservoir
 from dskd.teacher.model import load_tokenizer
 from dskd.teacher.reservoir_merge import merge_reservoir_parts, part_paths
 from tasks.common import run_stage, stage_cache_policy
@@ -53,9 +55,16 @@ def merged_block_influence(done: list[dict[str, Any]]) -> BlockInfluence | None:
 def _in_process_pass(
     shards: list[Path], out_dir: Path, model_dir: Path, section: dict[str, Any], capture: dict[str, Any], tokens: int
 ) -> list[dict[str, Any]]:
-    teacher = TeacherPass(model_dir, section, capture)
-    with tqdm(total=tokens, desc="teacher pass", unit="tok") as bar:
-        return [teacher.cache(i, shard, out_dir, bar) for i, shard in enumerate(shards)]
+    """Cache the shards ``out_dir`` (a staging dir) lacks, one by one, each committed as it finishes; results of
+    all shards in shard order (the already staged ones marked ``resumed``)."""
+    done = staged_shards(out_dir, len(shards))
+    todo = [i for i in range(len(shards)) if i not in done]
+    if todo:
+        teacher = TeacherPass(model_dir, section, capture)
+        with tqdm(total=tokens * len(todo) // len(shards), desc="teacher pass", unit="tok") as bar:
+            for i in todo:
+                done[i] = teacher.cache_staged(i, shards[i], out_dir, bar)
+    return [done[i] for i in range(len(shards))]
 
 
 @task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")
@@ -74,19 +83,23 @@ def cache_teacher_outputs(
     """
     runtime = runtime or {}
     workers = runtime.get("num_workers", 1)
+    # Finished shards survive a killed pass here (files + done marker); a rerun computes only the others.
+    staging = staging_dir(home, STAGE, stage_key(STAGE, section, upstream))
 
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         model_dir = teacher_dir(up["teacher"])
         capture = expected_capture(upstream["teacher"], model_dir, section)
         shards = sorted((up["annotate"] / "train").glob("*.parquet"))
         total_tokens = json.loads((up["annotate"] / "manifest.json").read_text())["metrics"]["train_tokens"]
+        staging.mkdir(parents=True, exist_ok=True)  # replicas on this node (or the shared mount) write into it
         if workers > 1:
             from tasks.teacher_fanout import fan_out_teacher_pass  # Ray only when asked for
 
             inputs = [up["teacher"], up["annotate"]]  # fetched from storage.uri by replicas on other nodes
-            done = fan_out_teacher_pass(shards, tmp, model_dir, section, capture, runtime, inputs)
+            done = fan_out_teacher_pass(shards, staging, model_dir, section, capture, runtime, inputs)
         else:
-            done = _in_process_pass(shards, tmp, model_dir, section, capture, total_tokens)
+            done = _in_process_pass(shards, staging, model_dir, section, capture, total_tokens)
+        UnitStaging(staging).link_into(done, tmp)  # staged copies stay until the artifact is in place
         parts = part_paths(tmp / "parts")
         rows = merge_reservoir_parts(
             (reservoir_file_rows(p, capture["hidden_size"]) for p in parts), cap=section["reservoir_per_token"]
@@ -107,8 +120,11 @@ def cache_teacher_outputs(
         shard_bytes = sum(p.stat().st_size for p in (tmp / "shards").glob("*.parquet"))
         extra["capture"] = capture
         extra["rows"] = {"sequences": sum(d["rows"] for d in done), "reservoir_tokens": n_tokens}
-        nodes = len({d.get("node") for d in done})  # in-process: one (None)
+        computed = [d for d in done if not d.get("resumed")]
+        nodes = len({d.get("node") for d in computed})  # in-process: one (None)
         extra["execution"] = {"workers": workers, "shards": len(done), "nodes": nodes}
+        # Shards staged by an earlier, killed attempt were not recomputed (same bytes: seeded by shard index).
+        extra["resume"] = {"shards_computed": len(computed), "shards_resumed": len(done) - len(computed)}
         extra["metrics"] = {
             "cache_bytes": shard_bytes,
             "cache_bytes_per_token": shard_bytes / max(total_tokens, 1),
@@ -118,4 +134,6 @@ def cache_teacher_outputs(
             "teacher_workers": workers,
         }
 
-    return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)
+    result = run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)
+    UnitStaging(staging).remove()  # the artifact is complete (built now, or found complete)
+    return result

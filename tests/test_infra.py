@@ -24,7 +24,7 @@ K8S = ROOT / "infra" / "k8s"
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "cuda": DOCKER / "Dockerfile.cuda"}
 IMAGES = {"cpu": settings.IMAGE_CPU, "cuda": settings.IMAGE_CUDA}
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
-PLACEHOLDER = re.compile(r"^\$\{([A-Z][A-Z0-9_]*)(:-[^}]*)?\}$")
+PLACEHOLDER = re.compile(r"^\$\{([A-Z][A-Z0-9_]*):\?[^}]+\}$")  # required: no default
 PROJECT_INSTALL = re.compile(r"pip install (?:[^&|;]*\s)?\"?\.(\[[\w,-]+\])?\"?(\s|$)")
 
 MLFLOW_URL = f"http://mlflow:{settings.MLFLOW_PORT}"
@@ -294,10 +294,12 @@ def test_compose_commands():
     assert mlflow[:2] == ["mlflow", "server"]
     assert option(mlflow, "--host") == "0.0.0.0" and option(mlflow, "--port") == str(settings.MLFLOW_PORT)
     assert option(mlflow, "--artifacts-destination") == f"s3://{settings.MLFLOW_ARTIFACTS_BUCKET}"
-    backend = urlsplit(option(mlflow, "--backend-store-uri"))
+    backend_arg = option(mlflow, "--backend-store-uri")
+    assert "${POSTGRES_PASSWORD:?" in backend_arg, "compose mlflow: the DB password must come from the env"
+    backend = urlsplit(re.sub(r"\$\{(\w+)[^}]*\}", r"\1", backend_arg))  # as compose would, with VAR=VAR
     assert backend.scheme == "postgresql" and backend.hostname == "postgres"
     assert backend.port == settings.POSTGRES_PORT
-    assert "${POSTGRES_PASSWORD" in backend.netloc, "compose mlflow: the DB password must come from the env"
+    assert backend.username == "POSTGRES_USER" and backend.password == "POSTGRES_PASSWORD"
 
     init = " ".join(command_list(svcs["minio-init"]))
     assert f"http://minio:{settings.MINIO_PORT}" in init
@@ -350,9 +352,21 @@ def test_compose_secrets_are_env_placeholders_listed_in_env_example():
         for key, value in svc.get("environment", {}).items():
             if SECRETISH.search(key):
                 found = PLACEHOLDER.match(str(value))
-                assert found, f"compose {name}: {key} is not a ${{VAR:-default}} placeholder"
+                assert found, f"compose {name}: {key} is not a ${{VAR:?message}} placeholder"
     used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (DOCKER / "compose.yaml").read_text()))
     assert used and used <= set(example), f"compose uses {sorted(used - set(example))} missing from .env.example"
+
+
+def test_compose_refuses_to_start_without_passwords():
+    """Every secret-looking variable, wherever it is used (env, the MLflow DB URI), is ``${VAR:?message}``:
+    compose stops with the message when it is unset or empty, instead of starting with a guessable default."""
+    text = (DOCKER / "compose.yaml").read_text()
+    uses = re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)([^}]*)\}", text)  # $${VAR}: the container's shell
+    secrets = [(var, rest) for var, rest in uses if SECRETISH.search(var)]
+    assert {var for var, _ in secrets} >= {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"}
+    for var, rest in secrets:
+        assert rest.startswith(":?") and len(rest) > 2, f"compose: ${{{var}{rest}}} must be ${{{var}:?message}}"
+    assert "change-me" not in text.lower()
 
 
 def test_compose_healthchecks_back_the_dependencies():
@@ -402,10 +416,10 @@ def test_env_example_holds_no_real_secret():
     assert pairs, ".env.example is empty"
     for key, value in pairs.items():
         if SECRETISH.search(key):
-            assert re.fullmatch(r"|change-me[\w-]*|<[^>]*>", value), f".env.example {key}: not a placeholder"
+            # Empty: a copied .env.example fails compose's ${VAR:?} until the password is filled in.
+            assert value == "", f".env.example {key}: leave passwords empty, not {value!r}"
         assert not looks_like_real_secret(value), f".env.example {key}: looks like a real secret"
-    # MinIO refuses to start with a root password under 8 characters: the example must be usable as is.
-    assert len(pairs["MINIO_ROOT_PASSWORD"]) >= 8
+    assert {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"} <= set(pairs)
 
 
 # ---------------------------------------------------------------- Kubernetes
@@ -516,6 +530,23 @@ def test_prefect_work_pool_base_job_template():
     claim = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", volume["persistentVolumeClaim"]["claimName"])
     assert claim and props[claim.group(1)]["default"] == shared_pvc()["metadata"]["name"]
     assert pod["securityContext"]["runAsUser"] == settings.CONTAINER_UID
+
+
+def test_k8s_servers_stay_cluster_internal():
+    """No unauthenticated server (Ray dashboard/client, MLflow) leaves the cluster: ClusterIP Services only, no
+    Ingress, no hostPort/hostNetwork (infra/README.md, "Network exposure and auth")."""
+    docs = [doc for name in ("raycluster.yaml", "rayjob.yaml", "mlflow.yaml") for doc in k8s(name)]
+    assert not [d for d in docs if d["kind"] in ("Ingress", "Gateway", "HTTPRoute")], "infra/k8s: an Ingress"
+    for doc in docs:
+        if doc["kind"] == "Service":
+            assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", f"Service {doc['metadata']['name']}: type"
+        text = json.dumps(doc)
+        assert '"hostPort"' not in text and '"hostNetwork": true' not in text, f"{doc['kind']}: host networking"
+    cluster = k8s_one("raycluster.yaml", "RayCluster")
+    assert cluster["spec"]["headGroupSpec"]["serviceType"] == "ClusterIP"  # KubeRay's head Service
+    text = (ROOT / "infra" / "README.md").read_text()
+    for option_text in ("kubectl port-forward", "--app-name basic-auth", "PREFECT_SERVER_API_AUTH_STRING"):
+        assert option_text in text, f"infra/README.md: no word on {option_text}"
 
 
 def test_prefect_work_pool_placeholders_are_declared():

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dskd.senses.dictionary import Reservoir
 from dskd.store.integrity import PARQUET_WRITE, iter_batches, read_table
+from dskd.store.staging import UnitStaging
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
 from dskd.teacher.model import (
     decoder_layers,
@@ -201,6 +202,27 @@ class TeacherPass:
             self.section.get("block_influence_tokens", 0),
         )
         return {**done, "device": self.device, "compute_dtype": self.dtype}
+
+    def cache_staged(
+        self, shard_index: int, shard_path: Path, staging_root: Path, progress: tqdm | None = None
+    ) -> dict[str, Any]:
+        """:meth:`cache` into a scratch dir of the staging dir, then commit the shard (files + done marker) there:
+        once this returns, a killed stage keeps the shard. The result carries the staged ``files``."""
+        staging = UnitStaging(staging_root)
+        scratch = staging.unit_dir()
+        done = self.cache(shard_index, shard_path, scratch, progress)
+        return {**done, "files": staging.commit(shard_index, scratch, done)["files"]}
+
+
+def staged_shards(staging_root: Path, n_shards: int) -> dict[int, dict[str, Any]]:
+    """Results of the shards a killed pass already staged intact (sha256-checked), by shard index; each is marked
+    ``resumed`` and carries its staged ``files``. The others are recomputed."""
+    markers = UnitStaging(staging_root).completed()
+    return {
+        i: {**m["result"], "files": m["files"], "resumed": True}
+        for i, m in markers.items()
+        if i < n_shards and m["result"].get("shard") == i
+    }
 
 
 def reservoir_rows(reservoir: Reservoir) -> Iterator[tuple[int, np.ndarray, int]]:
