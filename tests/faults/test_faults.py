@@ -53,7 +53,7 @@ def overrides(teacher_dir: Path, home: Path, *extra: str) -> list[str]:
         "train.epochs=2",
         "train.checkpoint_every=6",  # a checkpoint costs seconds on 2 busy cores: few, at the kill points
         "train.max_failures=2",
-        "eval.tasks={}",
+        "eval.tasks=[]",
         "eval.probe_items=0",
         "student.n_layers=2",
         "student.n_trainable_layers=1",
