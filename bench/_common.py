@@ -284,7 +284,7 @@ class Trainer:
             cache_dir=str(stages["teacher_cache"]["path"]),
             index_dir=str(stages["sense_index"]["path"]),
             kd_temperature=cfg.cache.kd_temperature,
-            student=st.model_dump(),
+            student={**st.model_dump(), "layers": "first"},
             train=self.train_cfg,
             kappa=cfg.senses.kappa,
         )

@@ -65,7 +65,7 @@ def main() -> None:
         cache_dir=str(stages["teacher_cache"]["path"]),
         index_dir=str(stages["sense_index"]["path"]),
         kd_temperature=capture["kd_temperature"],
-        student=cfg.student.model_dump(),
+        student={**cfg.student.model_dump(), "layers": "first"},
         train=cfg.train.model_dump(),
         kappa=cfg.senses.kappa,
     )
