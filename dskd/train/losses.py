@@ -27,6 +27,16 @@ def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(mask, values, torch.zeros_like(values)).sum() / n.clamp_min(1)
 
 
+def _kept_log_probs(
+    student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, teacher_lse: Tensor, t: float
+) -> tuple[Tensor, Tensor]:
+    """(log q_S, log p_T) at temperature ``t`` on the cached ids ``[N, k]``; p_T is exact thanks to the full-vocab
+    lse stored with the cache."""
+    q_logp = F.log_softmax(student_logits.float() / t, dim=-1).gather(-1, ids.long())
+    p_logp = teacher_logits.float() / t - teacher_lse.float().unsqueeze(-1)
+    return q_logp, p_logp
+
+
 def kd_loss(
     student_logits: Tensor,
     teacher_topk_logits: Tensor,
@@ -52,9 +62,7 @@ def kd_loss(
     it is the KL between the two distributions coarsened to the k + 1 cells (a lower bound of the full KL).
     """
     t = float(temperature)
-    s_logp = F.log_softmax(student_logits.float() / t, dim=-1)  # [N, V]
-    q_logp = s_logp.gather(-1, teacher_topk_ids.long())  # [N, k]
-    p_logp = teacher_topk_logits.float() / t - teacher_lse.float().unsqueeze(-1)  # [N, k]
+    q_logp, p_logp = _kept_log_probs(student_logits, teacher_topk_logits, teacher_topk_ids, teacher_lse, t)
     p = p_logp.exp()
     kl = (p * (p_logp - q_logp)).sum(-1)  # [N]
     if teacher_topk_ids.shape[-1] < student_logits.shape[-1]:
@@ -89,9 +97,7 @@ def sampled_kd_loss(
     Args: as :func:`kd_loss`; ``teacher_sampled_ids [N, k]`` may repeat; ``weights [N, k]`` sum to 1 per row.
     """
     t = float(temperature)
-    s_logp = F.log_softmax(student_logits.float() / t, dim=-1)
-    q_logp = s_logp.gather(-1, teacher_sampled_ids.long())  # [N, k]
-    p_logp = teacher_sampled_logits.float() / t - teacher_lse.float().unsqueeze(-1)
+    q_logp, p_logp = _kept_log_probs(student_logits, teacher_sampled_logits, teacher_sampled_ids, teacher_lse, t)
     if weights is None:
         weights = torch.full_like(q_logp, 1.0 / q_logp.shape[-1])
     kl = (weights.float() * (p_logp - q_logp)).sum(-1)
