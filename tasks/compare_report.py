@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import task
 
+from dskd.eval.arms import differences_table, paired_differences
 from dskd.eval.comparison import markdown_table, plot_loss_curves, plot_metric_bars, summarise
 from tasks.common import run_stage, stage_cache_policy
 
@@ -39,18 +40,31 @@ def compare_report(
                 histories.setdefault(arm, []).append(history)
         summary = summarise(runs)
         table = markdown_table(summary, baselines)
-        overhead = None
-        if "dskd" in summary and "kd" in summary:
-            overhead = summary["dskd"]["step_seconds"][0] / summary["kd"]["step_seconds"][0]
-            table += f"\n\nDSKD step time / KD step time (same flow run, mean over seeds): {overhead:.3f}"
+        overheads = {
+            arm: summary[arm]["step_seconds"][0] / summary["kd"]["step_seconds"][0]
+            for arm in summary
+            if arm.startswith("dskd") and "kd" in summary
+        }
+        for arm, ratio in overheads.items():
+            table += f"\n\n{arm} step time / kd step time (same flow run, mean over seeds): {ratio:.3f}"
+        # Paired per-seed differences (same seed = same data order and init): each DSKD arm and CE against KD.
+        paired_runs = [{**r, "metrics": {**r["metrics"], "step_seconds": r["step_seconds"]}} for r in runs]
+        paired = {}
+        for arm in summary:
+            if arm != "kd" and "kd" in summary:
+                paired[arm] = paired_differences(paired_runs, arm, "kd")
+                table += f"\n\nPaired per-seed differences, {arm} − kd:\n\n" + differences_table(paired[arm], arm, "kd")
         (tmp / "comparison.md").write_text(table + "\n")
-        (tmp / "comparison.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+        report = {"runs": runs, "summary": summary, "paired_vs_kd": paired}
+        (tmp / "comparison.json").write_text(json.dumps(report, indent=2))
         plot_metric_bars(summary, tmp / "metric_bars.png")
         plot_loss_curves(histories, tmp / "loss_curves.png")
         extra["metrics"] = {
             f"{arm}.{k}": v[0] for arm, m in summary.items() for k, v in m.items() if isinstance(v, tuple)
         }
-        if overhead is not None:
-            extra["metrics"]["dskd_over_kd_step_time"] = overhead
+        for arm, ratio in overheads.items():
+            extra["metrics"][f"{arm}_over_kd_step_time"] = ratio
+        for arm, diffs in paired.items():
+            extra["metrics"].update({f"{arm}_minus_kd.{k}": d["mean"] for k, d in diffs.items()})
 
     return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -35,6 +35,9 @@ def heldout_metrics(model, sequences: np.ndarray, batch_size: int = 8, device: s
     }
 
 
+_PROBE_FIELDS = (("acc", "acc"), ("acc_stderr", "stderr"), ("n", "n"))  # metric suffix, score_probe field
+
+
 def evaluate_model(
     model, tokenizer, heldout: np.ndarray, cfg: dict, wordnet=None, device: str = "cpu"
 ) -> tuple[dict[str, float], dict | None]:
@@ -51,6 +54,6 @@ def evaluate_model(
         metrics.update(flatten_results(results))
     if cfg["probe_items"] and wordnet is not None:
         items = build_probe_items(wordnet, tokenizer, cfg["probe_items"], cfg["seed"])
-        for kind, m in score_probe(model, tokenizer, items, device=device).items():
-            metrics.update({f"probe.{kind}.acc": m["acc"], f"probe.{kind}.n": m["n"]})
+        for kind, m in score_probe(model, tokenizer, items).items():
+            metrics.update({f"probe.{kind}.{name}": m[key] for name, key in _PROBE_FIELDS})
     return metrics, results

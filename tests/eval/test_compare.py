@@ -65,5 +65,12 @@ def test_compare_flow(tiny_teacher_dir, tmp_path):
     assert sorted(data["summary"]) == ["dskd", "kd"]
     assert [(r["arm"], r["seed"]) for r in data["runs"]] == [(a, s) for a in ("kd", "dskd") for s in (0, 1)]
     table = (report / "comparison.md").read_text()
-    assert "| dskd |" in table and "±" in table and "DSKD step time / KD step time" in table
+    assert "| dskd |" in table and "±" in table and "dskd step time / kd step time" in table
+    # the paired dskd - kd difference per seed, for every metric, equals the runs' own difference
+    by = {(r["arm"], r["seed"]): r["metrics"] for r in data["runs"]}
+    ppl = data["paired_vs_kd"]["dskd"]["heldout_perplexity"]
+    expected = [by[("dskd", s)]["heldout_perplexity"] - by[("kd", s)]["heldout_perplexity"] for s in (0, 1)]
+    assert ppl["per_seed"] == pytest.approx(expected) and ppl["n"] == 2
+    assert "mc.arc_easy.acc" in data["paired_vs_kd"]["dskd"] and "step_seconds" in data["paired_vs_kd"]["dskd"]
+    assert "Paired per-seed differences, dskd − kd" in table
     assert (report / "metric_bars.png").stat().st_size > 0 and (report / "loss_curves.png").stat().st_size > 0

@@ -14,7 +14,6 @@ import torch
 from typer.testing import CliRunner
 
 from dskd.eval import harness
-from dskd.eval.loglik import MCItem, choice_logliks, score_task
 
 # A results dict shaped as lm-eval 0.4.13 returns it (abridged): one task and a group of two subtasks.
 RESULTS = {
@@ -133,24 +132,6 @@ def test_unknown_task_is_a_one_line_error():
 @pytest.fixture(scope="module")
 def tiny_model(tiny_teacher_dir):
     return harness.load_hf_model(tiny_teacher_dir, "float32")
-
-
-def test_probe_loglik_is_the_models_continuation_logprob(tiny_model, smollm_tokenizer):
-    items = [MCItem('The word "glad" means almost the same as the word', ["happy", "sad"], 0)]
-    got = choice_logliks(tiny_model, smollm_tokenizer, items)[0]
-    # By hand: log p(" happy" tokens | prompt tokens) from one forward pass over prompt + continuation.
-    for choice, value in zip(items[0].choices, got, strict=True):
-        ctx = smollm_tokenizer(items[0].question, add_special_tokens=False)["input_ids"]
-        cont = smollm_tokenizer(items[0].question + f" {choice}", add_special_tokens=False)["input_ids"][len(ctx) :]
-        with torch.no_grad():
-            logits = tiny_model(input_ids=torch.tensor([ctx + cont])).logits[0].float()
-        logp = torch.log_softmax(logits, -1)
-        expected = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
-        assert value == pytest.approx(expected, abs=1e-4)
-    res = score_task(tiny_model, smollm_tokenizer, items * 2)
-    assert res["n"] == 2 and res["acc"] == float(got[0] > got[1])
-    with pytest.raises(ValueError, match="zero-shot"):
-        score_task(tiny_model, smollm_tokenizer, items, items, 1)
 
 
 def _cli(*args: str):
