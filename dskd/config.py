@@ -162,10 +162,10 @@ class TrainConfig(Section):
     beta_n: float = 1.0
     margin: float = 1.0
     lr: float = Field(
-        2e-4,
+        4e-4,
         gt=0,
         description="per-worker lr, scaled by the number of workers (paper: 5e-5 LLaMA-3-8B / 2e-5 Mistral-7B; "
-        "2e-4 x 2 workers suits all-layer training of the embedded 135M default, see the README sweep)",
+        "4e-4 x 2 workers suits all-layer training of the embedded 135M default, see the bench/README.md sweep)",
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm (None = no clipping)")
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
