@@ -400,9 +400,7 @@ def machine() -> dict[str, Any]:
 # -- result line ---------------------------------------------------------------------------------------------------
 
 
-def result(
-    measure: str, value: float, op: str, target: float, details: dict[str, Any], valid: bool = True
-) -> bool:
+def result(measure: str, value: float, op: str, target: float, details: dict[str, Any], valid: bool = True) -> bool:
     """Print the details (one JSON line) and, as the LAST stdout line, the parseable RESULT line.
 
     ``valid=False`` (a figure the script itself judged to be noise) fails whatever the value."""
