@@ -189,7 +189,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="run every script with --tiny")
     p.add_argument("--home", type=Path, default=None, help="bench home passed to every script")
-    p.add_argument("--only", nargs="*", default=None, help="script names to run (default: all)")
+    p.add_argument("--only", nargs="*", default=None, help="script names to run (default: all; none: only the table)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per script")
     p.add_argument("--gpu-json", type=Path, default=None, help="GPU rows from this gpu_check JSON (skips the run)")
     args = p.parse_args()
@@ -198,7 +198,7 @@ def main() -> int:
     here = Path(__file__).resolve().parent
     rows, failed = [], False
     t_all = time.perf_counter()
-    for name in [n for n in (args.only or SCRIPTS) if n != GPU_SCRIPT]:
+    for name in [n for n in (SCRIPTS if args.only is None else args.only) if n != GPU_SCRIPT]:
         cmd = [sys.executable, str(here / f"{name}.py"), "--home", str(home)] + (["--tiny"] if args.tiny else [])
         log_path = home / "logs" / f"{name}.log"
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
