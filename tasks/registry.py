@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -28,7 +29,10 @@ def champion_version(client: MlflowClient, name: str):
 
 
 def passes_gate(challenger: float, champion: float | None, min_improvement: float) -> bool:
-    """Lower-is-better gate: beat the champion by at least ``min_improvement`` (relative). No champion: pass."""
+    """Lower-is-better gate: beat the champion by at least ``min_improvement`` (relative). No champion: pass.
+    A non-finite challenger (a diverged student: NaN perplexity) never passes."""
+    if not math.isfinite(challenger):
+        return False
     if champion is None:
         return True
     return challenger < champion * (1.0 - min_improvement)

@@ -13,6 +13,8 @@ def test_gate_arithmetic():
     assert passes_gate(9.9, 10.0, 0.0) and not passes_gate(10.0, 10.0, 0.0)  # strictly better
     # 5% margin: must be below 10 * (1 - 0.05) = 9.5
     assert passes_gate(9.4, 10.0, 0.05) and not passes_gate(9.6, 10.0, 0.05)
+    # A diverged student (NaN perplexity) is never promoted, not even as the first version.
+    assert not passes_gate(float("nan"), None, 0.0) and not passes_gate(float("inf"), 10.0, 0.0)
 
 
 @pytest.fixture()

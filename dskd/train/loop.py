@@ -222,6 +222,11 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     return None
 
 
+# Optimizer steps skipped for a non-finite gradient (weights untouched, as AMP's loss scaler does) before the run
+# fails as diverged: one bad batch is survivable, a run that keeps producing NaN is not worth its remaining steps.
+MAX_NONFINITE_STEPS = 3
+
+
 @dataclass
 class TrainStep:
     """One optimizer step over a list of micro-batches: accumulate, clip, step, log, checkpoint."""
@@ -236,6 +241,7 @@ class TrainStep:
     ctx: WorkerContext
     total: int
     history: list[dict[str, float]]
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite gradient
 
     def __call__(self, micro_batches: list[Batch], step: int, epoch: int) -> int:
         cfg, ctx = self.cfg, self.ctx
@@ -258,10 +264,18 @@ class TrainStep:
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) / len(micro_batches)
             tokens += batch.input_ids.numel()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grad_norm = float("nan")
-        if cfg.get("max_grad_norm"):
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"]))
-        self.optimizer.step()
+        # The norm is measured even without clipping (max_norm=inf): a NaN/inf gradient must never reach the
+        # weights, or every later step is NaN. DDP has all-reduced the grads, so every rank decides the same.
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.get("max_grad_norm") or float("inf")))
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+            if self.skipped_steps > MAX_NONFINITE_STEPS:
+                raise FloatingPointError(
+                    f"training diverged: {self.skipped_steps} optimizer steps with a non-finite gradient (last at "
+                    f"step {step + 1}); lower train.lr or train.max_grad_norm, or resume from the last checkpoint"
+                )
         self.scheduler.step()
         step += 1
         seconds = time.perf_counter() - t0
@@ -271,6 +285,7 @@ class TrainStep:
             lr=self.scheduler.get_last_lr()[0],
             epoch=epoch,
             grad_norm=grad_norm,
+            skipped_steps=float(self.skipped_steps),
             tokens=float(tokens * ctx.world_size),  # this step, all ranks (equal shares)
             tokens_per_second=tokens * ctx.world_size / seconds,
             total_steps=float(self.total),

@@ -6,16 +6,9 @@ input dtype (bf16 logits lose too much in log-softmax sums).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-
-def _log1mexp(x: Tensor) -> Tensor:
-    """log(1 - exp(x)) for x <= 0, stable at both ends (Maechler 2012)."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
 def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
@@ -69,9 +62,11 @@ def kd_loss(
         # Rest bucket. With k = V it is empty by construction: skipped, since 1 - Σp is then rounding noise
         # and log q_rest = -inf would turn noise into inf.
         p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
-        log_q_rest = _log1mexp(torch.logsumexp(q_logp, -1).clamp_max(0.0))
-        # Floor: a student with ~all mass on the k ids must give a large finite penalty, not inf.
-        log_q_rest = log_q_rest.clamp_min(math.log(torch.finfo(torch.float32).tiny))
+        # log q_rest from the student's logits outside the k ids, not log(1 - Σq): when Σq rounds to 1 in float32
+        # the latter is -inf with an inf/NaN gradient (it diverged a 96-step run); this is exact and always finite.
+        z = student_logits.float() / t
+        outside = z.scatter(-1, teacher_topk_ids.long(), float("-inf"))
+        log_q_rest = torch.logsumexp(outside, -1) - torch.logsumexp(z, -1)
         kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
     return alpha * t * t * _masked_mean(kl, mask)
 

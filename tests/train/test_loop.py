@@ -167,3 +167,29 @@ def test_clipping_bounds_the_gradient_norm_and_reports_it(tiny_teacher_dir):
     after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
     assert metrics["grad_norm"] > 0.01  # the norm before clipping
     assert float(after) == pytest.approx(0.01, rel=1e-3)
+
+
+def test_non_finite_gradient_skips_the_step_then_fails_the_run(tiny_teacher_dir):
+    """A NaN batch (teacher lse NaN -> NaN loss and gradient) leaves the weights as they were and is counted; more
+    than MAX_NONFINITE_STEPS of them fail the run with a one-line error instead of training on NaN."""
+    from transformers import get_constant_schedule
+
+    from dskd.train.loop import MAX_NONFINITE_STEPS, TrainJob, TrainStep
+
+    batch, _ = make_batch(49152, 64, 4)
+    batch.lse[:] = float("nan")
+    torch.manual_seed(0)
+    model = build_student(tiny_teacher_dir, n_layers=2, n_trainable="all")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    cfg = {**CFG, "loss": "kd", "checkpoint_every": 10**9, "max_grad_norm": 1.0}
+    ctx = _Ctx()
+    step = TrainStep(
+        model, opt, get_constant_schedule(opt), None, None, cfg, TrainJob("", "", "", "", 2.0, {}, cfg, 3), ctx, 10, []
+    )
+    for i in range(MAX_NONFINITE_STEPS):
+        assert step([batch], i, 0) == i + 1
+    assert [m["skipped_steps"] for m in ctx.logged] == [1.0, 2.0, 3.0]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with pytest.raises(FloatingPointError, match=r"training diverged: 4 optimizer steps .* lower train.lr"):
+        step([batch], MAX_NONFINITE_STEPS, 0)

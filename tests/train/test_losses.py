@@ -227,3 +227,27 @@ def test_sampled_kd_is_unbiased_for_the_cross_entropy_gradient():
     est = sampled_kd_loss(z_s_many, z_t.expand(4000, 6).gather(-1, draws), draws, lse.expand(4000), 1.0, 1.0)
     (g_est,) = torch.autograd.grad(est * 4000, z_s_many)
     assert torch.allclose(g_est.mean(0), g_exact[0], atol=0.02)
+
+
+def test_kd_rest_bucket_stays_exact_and_differentiable_when_the_student_saturates():
+    """Student mass on the k ids rounds to 1 in float32: log q_rest comes from the logits outside the ids (here
+    log 45 - 200 - logsumexp(30..26)), not log(1 - Σq) = -inf whose gradient was NaN and diverged a run."""
+    vocab, k = 50, 5
+    ids = torch.arange(k).unsqueeze(0)
+    student = torch.full((1, vocab), -200.0)
+    student[0, :k] = torch.tensor([30.0, 29.0, 28.0, 27.0, 26.0])
+    student.requires_grad_(True)
+    teacher = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    lse = torch.tensor([math.log(sum(math.exp(v) for v in (5, 4, 3, 2, 1)) + 45.0)])
+    loss = kd_loss(student, teacher, ids, lse, temperature=1.0, alpha=1.0)
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
+    lse_s = math.log(sum(math.exp(v) for v in (30, 29, 28, 27, 26)))
+    p = [math.exp(v - lse[0].item()) for v in (5, 4, 3, 2, 1)]
+    q = [v - lse_s for v in (30, 29, 28, 27, 26)]  # log q on the ids (the -200 tail adds ~e^-226 to lse_s)
+    p_rest = 1.0 - sum(p)
+    log_q_rest = math.log(45.0) - 200.0 - lse_s
+    expected = sum(pi * (math.log(pi) - qi) for pi, qi in zip(p, q, strict=True)) + p_rest * (
+        math.log(p_rest) - log_q_rest
+    )
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
