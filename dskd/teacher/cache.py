@@ -23,6 +23,7 @@ from dskd.senses.dictionary import Reservoir
 from dskd.store.integrity import PARQUET_WRITE, iter_batches, read_table
 from dskd.store.staging import UnitStaging
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
+from dskd.teacher.kd_pack import logit_rows, with_logit_fields
 from dskd.teacher.model import (
     decoder_layers,
     final_hidden_and_logits,
@@ -89,8 +90,8 @@ def cache_shard(
     input_ids = np.asarray(table.column("input_ids").to_pylist(), dtype=np.int64)
     full = table.column("full_positions").to_pylist()
     posonly = table.column("posonly_positions").to_pylist()
-    schema = teacher_cache_schema(capture["vocab_size"], capture)
-    id_dtype = np.uint16 if schema.field("topk_ids").type.value_type == pa.uint16() else np.int32
+    # The KD columns in capture's kd_encoding (fp16 or packed: dskd.teacher.kd_pack).
+    schema = with_logit_fields(teacher_cache_schema(capture["vocab_size"], capture), capture)
     topk, temperature = capture["topk"], capture["kd_temperature"]
     kd_mode = capture.get("kd_mode", "topk")
     # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
@@ -103,6 +104,7 @@ def cache_shard(
             hidden_np = hidden.cpu().numpy()
             # Dictionary: file each vector under the token the teacher PREDICTS there (method.md §1).
             reservoir.add(argmax.cpu().numpy().reshape(-1), hidden_np.reshape(-1, hidden_np.shape[-1]))
+            logit = logit_rows(values, ids, lse, capture)
             rows = []
             for b in range(batch.shape[0]):
                 i = start + b
@@ -110,9 +112,7 @@ def cache_shard(
                 rows.append(
                     {
                         "seq_id": int(seq_ids[i]),
-                        "topk_ids": ids[b].cpu().numpy().astype(id_dtype).reshape(-1),
-                        "topk_logits": values[b].cpu().numpy().astype(np.float16).reshape(-1),
-                        "lse": lse[b].cpu().numpy().astype(np.float32),
+                        **logit[b],
                         "sense_positions": positions,
                         "sense_hidden": hidden_np[b, positions].astype(np.float16).reshape(-1),
                     }
