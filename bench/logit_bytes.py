@@ -77,10 +77,48 @@ def decoded(table, capture: dict, start: int, n: int, temperature: float):
     return torch.from_numpy(flat(t, "topk_ids", np.int64)).reshape(-1, k), top_z / temperature - lse[:, None]
 
 
+def shard_scale_bytes(shards: list[Path], capture: dict, k: int, rows_per_file: int, out: Path) -> float:
+    """KD bytes/token of the bench pipeline's fp16 train cache (top-k0 of the real teacher) re-encoded at k <= k0 in
+    ``capture``'s encoding, in files of ``rows_per_file`` sequences written as ``cache_shard`` writes them (the
+    same writer options and row groups): what a pipeline shard of that size costs, without a teacher forward. The
+    packed codes come from the fp16 logits (their rounding, <= 0.02 nats, is far below the 1/4-nat step)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from dskd.store.integrity import PARQUET_WRITE
+    from dskd.teacher.kd_pack import RowGroupBuffer, logit_columns, logit_rows, with_logit_fields, writer_options
+    from dskd.teacher.schema import teacher_cache_schema
+
+    schema = with_logit_fields(teacher_cache_schema(capture["vocab_size"], capture), capture)
+    schema = pa.schema([schema.field(c) for c in logit_columns(capture)], metadata=schema.metadata)
+    table = pa.concat_tables(pq.read_table(p, columns=["topk_ids", "topk_logits", "lse"]) for p in shards)
+    n_rows, total, tokens = table.num_rows, 0, 0
+    for f, start in enumerate(range(0, n_rows - rows_per_file + 1, rows_per_file)):
+        part = table.slice(start, rows_per_file)
+        k0 = len(part.column("topk_ids")[0].values) // len(part.column("lse")[0].values)
+        ids = torch.from_numpy(flat(part, "topk_ids", np.int64)).reshape(part.num_rows, -1, k0)[..., :k]
+        values = torch.from_numpy(flat(part, "topk_logits", np.float32)).reshape(part.num_rows, -1, k0)[..., :k]
+        lse = torch.from_numpy(flat(part, "lse", np.float32)).reshape(part.num_rows, -1)
+        path = out / f"reencoded-{f}.parquet"
+        groups = RowGroupBuffer(ids.shape[1])
+        options = {"compression": "zstd", "use_dictionary": False, **writer_options(capture), **PARQUET_WRITE}
+        with pq.ParquetWriter(path, schema, **options) as writer:
+            for b in range(0, part.num_rows, 8):  # the teacher pass's batches
+                rows = logit_rows(values[b : b + 8], ids[b : b + 8], lse[b : b + 8], capture)
+                groups.write(writer, pa.Table.from_pylist(rows, schema=schema))
+            groups.flush(writer)
+        total += sum(column_bytes(path).values())
+        tokens += ids.shape[0] * ids.shape[1]
+    return total / max(tokens, 1)
+
+
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--heldout-seqs", type=int, default=None, help="held-out sequences for the KL (default 16, tiny 4)")
     p.add_argument("--packed-steps", type=float, nargs="*", default=[], help="extra packed value steps (nats) at k")
+    p.add_argument("--shard-seqs", type=int, default=None, help="sequences per re-encoded shard (default 64, tiny 4)")
     args = p.parse_args()
     C.setup(args)
     n_held = args.heldout_seqs or (4 if args.tiny else 16)
@@ -134,6 +172,20 @@ def main() -> None:
         variants[f"packed k={k0} step={step:g}"] = {**base, "topk": k0, **encoding_capture("packed", step)}
     sampled = f"sampled packed k={k0}"
     variants[sampled] = {**base, "topk": k0, "kd_mode": "sampled", "seed": 0, **encoding_capture("packed")}
+    # 1b. The pipeline's cache re-encoded per top-k variant (k <= its k) at pipeline-shard size (no forward).
+    shard_seqs = args.shard_seqs or (4 if args.tiny else 64)
+    train_shards = sorted((cache_dir / "shards").glob("*.parquet"))
+    scratch = Path(tempfile.mkdtemp(prefix="logit-reencode-", dir=args.home))
+    shard_scale = {}
+    if encoding_of(recorded) == "fp16" and recorded.get("kd_mode", "topk") == "topk":
+        for label, capture in variants.items():
+            if capture["kd_mode"] == "topk" and capture["topk"] <= recorded["topk"]:
+                C.log(f"re-encoding the pipeline's cache: {label}, {shard_seqs}-sequence shards")
+                shard_scale[label] = shard_scale_bytes(train_shards, capture, capture["topk"], shard_seqs, scratch)
+    for path in scratch.iterdir():
+        path.unlink()
+    scratch.rmdir()
+
     n_tokens = held.size
     table, tables = {}, {}
     for label, capture in variants.items():
@@ -191,20 +243,26 @@ def main() -> None:
             "positions": int(kl.size),
         }
     for label, row in table.items():
+        row["shard_scale_bytes_per_token"] = shard_scale.get(label)
         kl = f"KL mean {row['kl_mean']:.4f} nats, rest mass {row['rest_mass_mean']:.3f}" if "kl_mean" in row else ""
-        C.log(f"{label:24s}: {row['bytes_per_token']:6.1f} B/token on disk ({row['raw_bytes_per_token']:.0f} raw) {kl}")
+        shard = row["shard_scale_bytes_per_token"]
+        held_out = f"{row['bytes_per_token']:6.1f} B/token on disk ({row['raw_bytes_per_token']:.0f} raw"
+        at_scale = f"; {shard:.1f} in {shard_seqs}-seq shards)" if shard else ")"
+        C.log(f"{label:24s}: {held_out}{at_scale} {kl}")
     reference = f"fp16 k={k0}"
     kl_ref = table[reference]["kl_mean"]
     meets_kl = [label for label in tables if table[label]["kl_mean"] <= kl_ref * KL_SLACK]
-    meets_both = [label for label in meets_kl if table[label]["bytes_per_token"] <= TARGET_BYTES]
-    best = min(meets_kl, key=lambda label: table[label]["bytes_per_token"])
+    # Bytes as a pipeline shard holds them where measured (1b), else those of the small held-out file.
+    cost = {label: shard_scale.get(label, table[label]["bytes_per_token"]) for label in tables}
+    meets_both = [label for label in meets_kl if cost[label] <= TARGET_BYTES]
+    best = min(meets_kl, key=lambda label: cost[label])
     kl_top32 = table["fp16 k=32"]["kl_mean"]
     for path in sorted(tmp.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     tmp.rmdir()
     C.result(
         "logit_bytes_per_token",
-        table[best]["bytes_per_token"],
+        cost[best],
         "<=",
         TARGET_BYTES,
         {
@@ -217,6 +275,7 @@ def main() -> None:
             "pipeline_topk": k0,
             "pipeline_kd_encoding": encoding_of(recorded),
             "pipeline_cache_logit_bytes_per_token": pipeline_bytes / max(pipeline_tokens, 1),
+            "shard_scale_seqs": shard_seqs,
             "packed_default_step": STEP,
             "variants": table,
             "kl_reference": reference,

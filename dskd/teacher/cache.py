@@ -23,7 +23,7 @@ from dskd.senses.dictionary import Reservoir
 from dskd.store.integrity import PARQUET_WRITE, iter_batches, read_table
 from dskd.store.staging import UnitStaging
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
-from dskd.teacher.kd_pack import logit_rows, with_logit_fields
+from dskd.teacher.kd_pack import RowGroupBuffer, logit_rows, with_logit_fields, writer_options
 from dskd.teacher.model import (
     decoder_layers,
     final_hidden_and_logits,
@@ -94,8 +94,10 @@ def cache_shard(
     schema = with_logit_fields(teacher_cache_schema(capture["vocab_size"], capture), capture)
     topk, temperature = capture["topk"], capture["kd_temperature"]
     kd_mode = capture.get("kd_mode", "topk")
+    groups = RowGroupBuffer(input_ids.shape[1])  # row groups of ~32k positions, not per batch: zstd packs KD better
     # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
-    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False, **PARQUET_WRITE) as writer:
+    options = {**PARQUET_WRITE, **writer_options(capture)}  # packed KD streams: a higher zstd level
+    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False, **options) as writer:
         for start in range(0, len(seq_ids), batch_size):
             batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
             measure = block_influence is not None and block_influence.count < block_influence_tokens
@@ -117,9 +119,10 @@ def cache_shard(
                         "sense_hidden": hidden_np[b, positions].astype(np.float16).reshape(-1),
                     }
                 )
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            groups.write(writer, pa.Table.from_pylist(rows, schema=schema))
             if progress is not None:
                 progress.update(batch.numel())
+        groups.flush(writer)
     return len(seq_ids)
 
 

@@ -17,6 +17,7 @@ from dskd.teacher.kd_pack import (
     PACKED_COLUMNS,
     STEP,
     PackedKD,
+    RowGroupBuffer,
     check_encoding,
     decode_batch,
     encoding_capture,
@@ -183,6 +184,21 @@ def test_packed_shard_columns_and_parquet_options(shards):
         col = meta.row_group(0).column(j)
         assert col.compression == "ZSTD" and not col.has_dictionary_page
     pq.read_table(paths["packed"], page_checksum_verification=True)  # checksums written (a bad page would raise)
+    # Batches of 2 sequences, one row group for the 3 rows (groups are sized in positions, not batches).
+    assert meta.num_row_groups == 1 and meta.num_rows == 3
+
+
+def test_row_groups_are_sized_in_positions(tmp_path):
+    schema = pa.schema([("x", pa.int64())])
+    groups = RowGroupBuffer(seq_len=128, positions=256)  # 2 sequences per group
+    with pq.ParquetWriter(tmp_path / "g.parquet", schema) as writer:
+        for i in range(5):  # five "batches" of one row
+            groups.write(writer, pa.table({"x": [i]}, schema=schema))
+        groups.flush(writer)
+        groups.flush(writer)  # nothing buffered: no empty group
+    meta = pq.ParquetFile(tmp_path / "g.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [2, 2, 1]
+    assert pq.read_table(tmp_path / "g.parquet").column("x").to_pylist() == [0, 1, 2, 3, 4]
 
 
 def test_training_reader_decodes_the_packed_shard(shards):
