@@ -27,7 +27,9 @@ from dskd.teacher.kd_pack import (
 from dskd.teacher.model import final_hidden_and_logits, load_causal_lm
 from dskd.teacher.schema import capture_of, check_capture
 from dskd.train.data import _row, collate
+from dskd.train.loop import compute_losses
 from dskd.train.losses import kd_loss, sampled_kd_loss
+from dskd.train.student import build_student
 from tests.annotated import random_annotated_rows
 
 V = 49152
@@ -201,8 +203,9 @@ def test_row_groups_are_sized_in_positions(tmp_path):
     assert pq.read_table(tmp_path / "g.parquet").column("x").to_pylist() == [0, 1, 2, 3, 4]
 
 
-def test_training_reader_decodes_the_packed_shard(shards):
+def test_training_reader_decodes_the_packed_shard(shards, tiny_teacher_dir):
     model, rows, paths = shards
+    tiny_teacher = tiny_teacher_dir
     ids = torch.tensor(np.stack([r["input_ids"] for r in rows]), dtype=torch.long)
     with torch.no_grad():
         _, logits = final_hidden_and_logits(model, ids)
@@ -238,3 +241,12 @@ def test_training_reader_decodes_the_packed_shard(shards):
     # The random tiny teacher is flat: its top-4 keep ~1e-4 of the mass, known to 1/16 in logit (<= 6.5 %), and the
     # loss scales with that mass; so 10 % here (the peaked case above holds to 1 %).
     assert abs(float(losses["packed"]) - float(losses["fp16"])) <= 0.1 * float(losses["fp16"])
+    # The training step's loss function takes the packed batch as it comes (and backpropagates through it).
+    student_model = build_student(tiny_teacher, n_layers=2, n_trainable=1)
+    cfg = {"loss": "kd", "alpha": 0.7, "lam": 1.0, "beta_p": 1.0, "beta_n": 1.0, "margin": 1.0}
+    out = {e: compute_losses(student_model, b, None, cfg, T) for e, b in batches.items()}
+    kd = {e: float(o["kd"].detach()) for e, o in out.items()}
+    assert abs(kd["packed"] - kd["fp16"]) <= 0.1 * kd["fp16"]
+    out["packed"]["total"].backward()
+    grads = [p.grad for p in student_model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
