@@ -88,6 +88,8 @@ def main() -> None:
                 topk_ids=r.topk_ids,
                 topk_logits=r.topk_logits,
                 lse=r.lse,
+                kd_packed=r.kd_packed,  # cache.kd_encoding=packed: decoded by collate
+                kd_temperature=r.kd_temperature,
                 sense_positions=entries[b],
                 full=flags,
                 pos_rows=pos_rows,

@@ -106,8 +106,8 @@ def row_notes(measure: str, details: dict) -> str:
         return f"{details['verdict']}; 95% {lo:.2f}-{hi:.2f}, rounds {rmin:.2f}-{rmax:.2f}, {steps} steps/arm"
     if measure == "teacher_cache_overhead" and "loop_ratio" in details:
         return f"loop {details['loop_ratio']:.3f}, {details.get('dtype')}, {details.get('repeats')} repeats"
-    if measure == "logit_bytes_per_token" and "best_k" in details:
-        return f"k={details['best_k']} at KL <= top-32 fp16"
+    if measure == "logit_bytes_per_token" and "best" in details:
+        return f"{details['best']} at KL <= 1.01 x {details.get('kl_reference', 'fp16')}"
     return ""
 
 

@@ -78,6 +78,12 @@ class CacheConfig(Section):
         "replacement, kept with their counts: an unbiased estimate of the full KL's gradient)",
     )
     topk: int = Field(20, ge=1, description="ids kept per position: the top-k (topk) or the draws (sampled)")
+    kd_encoding: Literal["fp16", "packed"] = Field(
+        "fp16",
+        description="how the cache stores the KD ids and values: 'fp16' (uint16 ids, fp16 logits, fp32 lse: 4k+4 B "
+        "raw per token) or 'packed' (sorted delta-coded ids, 8-bit log-probabilities relative to the row max in "
+        "1/4-nat steps, 8-bit kept mass: ~2k+1 B raw; dskd/teacher/kd_pack.py); training reads either form directly",
+    )
     kd_temperature: float = Field(1.0, gt=0, description="T of the KD loss; the cache stores logsumexp(z/T)")
     block_influence_tokens: int = Field(
         4096, ge=0, description="positions per shard used to measure each layer's block influence (0 = off)"

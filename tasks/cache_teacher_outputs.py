@@ -15,6 +15,7 @@ from dskd.store.artifacts import stage_key
 from dskd.store.staging import UnitStaging, staging_dir
 from dskd.teacher.block_influence import BlockInfluence
 from dskd.teacher.cache import TeacherPass, reservoir_file_rows, staged_shards, tokenizer_hash, write_reservoir
+from dskd.teacher.kd_pack import encoding_capture
 from dskd.teacher.model import load_tokenizer
 from dskd.teacher.reservoir_merge import merge_reservoir_parts, part_paths
 from tasks.common import run_stage, stage_cache_policy
@@ -35,6 +36,7 @@ def expected_capture(teacher_key: str, model_dir: Path, section: dict[str, Any])
         "topk": section["topk"],
         "kd_temperature": section["kd_temperature"],
         "kd_mode": section.get("kd_mode", "topk"),
+        **encoding_capture(section.get("kd_encoding", "fp16")),  # a cache in another encoding is refused
     }
     if capture["kd_mode"] == "sampled":
         capture["seed"] = section.get("seed", 0)  # the draws depend on it

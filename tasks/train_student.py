@@ -13,6 +13,7 @@ from prefect import task
 from dskd.plots import loss_curves
 from dskd.store.artifacts import stage_key
 from dskd.store.integrity import read_schema
+from dskd.teacher.kd_pack import check_encoding
 from dskd.teacher.schema import capture_of, check_capture
 from dskd.train.loop import TrainJob
 from dskd.train.student import resolve_layers
@@ -46,7 +47,9 @@ def train_student(
         model_dir = teacher_dir(up["teacher"])
         cache_shards = sorted((up["teacher_cache"] / "shards").glob("*.parquet"))
         found = capture_of(read_schema(cache_shards[0]))
-        check_capture(expected_capture(upstream["teacher"], model_dir, section["cache"]), found)
+        expected = expected_capture(upstream["teacher"], model_dir, section["cache"])
+        check_encoding(expected, found)  # its own message: an old or differently encoded cache -> rerun the stage
+        check_capture(expected, found)
         student = resolve_layers(section["student"], model_dir, up["teacher_cache"])
         extra["student_layers"] = student["layers"]
         job = TrainJob(

@@ -27,8 +27,9 @@ SCHEMA_VERSIONS = {
     # Parquet-writing stages, 2/3+: page CRC checksums written (and verified on read): older files lack them.
     "lexicon": 2,
     "annotate": 2,
-    # 2: reservoir rows carry n_seen; 3: page checksums; 4: kd_mode in the capture, block_influence.json
-    "teacher_cache": 4,
+    # 2: reservoir rows carry n_seen; 3: page checksums; 4: kd_mode in the capture, block_influence.json;
+    # 5: kd_encoding in the capture (fp16 / packed KD columns, dskd/teacher/kd_pack.py)
+    "teacher_cache": 5,
     "sense_index": 2,
     "train": 2,  # 2: student layers chosen by block influence (resolved list in the manifest)
     # baselines/evaluate 2: the untrained student is built from the teacher cache's layer choice; 3: contrast probe;

@@ -23,6 +23,7 @@ from dskd.senses.dictionary import Reservoir
 from dskd.store.integrity import PARQUET_WRITE, iter_batches, read_table
 from dskd.store.staging import UnitStaging
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
+from dskd.teacher.kd_pack import RowGroupBuffer, logit_rows, with_logit_fields, writer_options
 from dskd.teacher.model import (
     decoder_layers,
     final_hidden_and_logits,
@@ -89,12 +90,14 @@ def cache_shard(
     input_ids = np.asarray(table.column("input_ids").to_pylist(), dtype=np.int64)
     full = table.column("full_positions").to_pylist()
     posonly = table.column("posonly_positions").to_pylist()
-    schema = teacher_cache_schema(capture["vocab_size"], capture)
-    id_dtype = np.uint16 if schema.field("topk_ids").type.value_type == pa.uint16() else np.int32
+    # The KD columns in capture's kd_encoding (fp16 or packed: dskd.teacher.kd_pack).
+    schema = with_logit_fields(teacher_cache_schema(capture["vocab_size"], capture), capture)
     topk, temperature = capture["topk"], capture["kd_temperature"]
     kd_mode = capture.get("kd_mode", "topk")
+    groups = RowGroupBuffer(input_ids.shape[1])  # row groups of ~32k positions, not per batch: zstd packs KD better
     # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
-    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False, **PARQUET_WRITE) as writer:
+    options = {**PARQUET_WRITE, **writer_options(capture)}  # packed KD streams: a higher zstd level
+    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False, **options) as writer:
         for start in range(0, len(seq_ids), batch_size):
             batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
             measure = block_influence is not None and block_influence.count < block_influence_tokens
@@ -103,6 +106,7 @@ def cache_shard(
             hidden_np = hidden.cpu().numpy()
             # Dictionary: file each vector under the token the teacher PREDICTS there (method.md §1).
             reservoir.add(argmax.cpu().numpy().reshape(-1), hidden_np.reshape(-1, hidden_np.shape[-1]))
+            logit = logit_rows(values, ids, lse, capture)
             rows = []
             for b in range(batch.shape[0]):
                 i = start + b
@@ -110,16 +114,15 @@ def cache_shard(
                 rows.append(
                     {
                         "seq_id": int(seq_ids[i]),
-                        "topk_ids": ids[b].cpu().numpy().astype(id_dtype).reshape(-1),
-                        "topk_logits": values[b].cpu().numpy().astype(np.float16).reshape(-1),
-                        "lse": lse[b].cpu().numpy().astype(np.float32),
+                        **logit[b],
                         "sense_positions": positions,
                         "sense_hidden": hidden_np[b, positions].astype(np.float16).reshape(-1),
                     }
                 )
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            groups.write(writer, pa.Table.from_pylist(rows, schema=schema))
             if progress is not None:
                 progress.update(batch.numel())
+        groups.flush(writer)
     return len(seq_ids)
 
 

@@ -27,7 +27,8 @@ def ids_type(vocab_size: int) -> pa.DataType:
 
 
 def teacher_cache_schema(vocab_size: int, capture: dict[str, Any]) -> pa.Schema:
-    """Schema of a teacher-cache shard, with the capture config in its metadata."""
+    """Schema of a teacher-cache shard, with the capture config in its metadata (the fp16 KD columns;
+    ``cache.kd_encoding=packed`` swaps them for the binary columns of :mod:`dskd.teacher.kd_pack`)."""
     return pa.schema(
         [
             ("seq_id", pa.int64()),
