@@ -147,7 +147,8 @@ def cache_teacher_outputs(
         extra["rows"] = {"sequences": sum(d["rows"] for d in done), "reservoir_tokens": n_tokens}
         computed = [d for d in done if not d.get("resumed")]
         nodes = len({d.get("node") for d in computed})  # in-process: one (None)
-        extra["execution"] = {"workers": workers, "shards": len(done), "nodes": nodes}
+        spills = sum(d.get("reservoir_spill_runs", 0) for d in done)  # runs spilled within reservoir_memory_gb
+        extra["execution"] = {"workers": workers, "shards": len(done), "nodes": nodes, "reservoir_spill_runs": spills}
         # Shards staged by an earlier, killed attempt were not recomputed (same bytes: seeded by shard index).
         extra["resume"] = {"shards_computed": len(computed), "shards_resumed": len(done) - len(computed)}
         extra["metrics"] = {

@@ -197,10 +197,11 @@ def cache_shard_and_sample(
             hidden_path=out_dir / "hidden" / shard_hidden_name(shard_path),
         )
         write_reservoir(reservoir.rows(), out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet")
+        spilled = len(reservoir.runs)
     finally:
         reservoir.close()
         remove_spill_dir(spill)  # never committed with the shard's files
-    done: dict[str, Any] = {"shard": shard_index, "rows": rows}
+    done: dict[str, Any] = {"shard": shard_index, "rows": rows, "reservoir_spill_runs": spilled}
     if influence is not None:
         done["block_influence"] = influence.to_json()
     return done

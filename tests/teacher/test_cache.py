@@ -11,8 +11,8 @@ import torch
 from dskd.data.annotate import TRAIN_SCHEMA, write_shards
 from dskd.senses.dictionary import Reservoir
 from dskd.teacher.cache import cache_shard, read_reservoir, reservoir_rows, write_reservoir
-from dskd.teacher.model import final_hidden_and_logits, load_causal_lm
 from dskd.teacher.hidden import read_hidden_shard, regenerate_hidden
+from dskd.teacher.model import final_hidden_and_logits, load_causal_lm
 from dskd.teacher.schema import CACHE_FORMAT, capture_of, check_capture, check_format
 from tests.annotated import random_annotated_rows
 
