@@ -373,6 +373,20 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+def spread(xs: list[float]) -> dict[str, float | int]:
+    """Median, quartiles, min/max and count of samples (the spread a figure is reported with)."""
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else (xs[0], xs[0], xs[0])
+    return {"n": len(xs), "median": median(xs), "q1": float(q1), "q3": float(q3), "min": min(xs), "max": max(xs)}
+
+
+def loadavg() -> float | None:
+    """1-minute load average (None where the OS has none): how busy the machine was around a measurement."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def short_tmp(tag: str) -> Path:
     """A short private temp dir (AF_UNIX socket paths under it stay below the 107-byte limit)."""
     return Path(tempfile.mkdtemp(prefix=f"db{tag[:2]}-", dir="/tmp"))
@@ -407,11 +421,13 @@ def machine() -> dict[str, Any]:
 # -- result line ---------------------------------------------------------------------------------------------------
 
 
-def result(measure: str, value: float, op: str, target: float, details: dict[str, Any]) -> bool:
-    """Print the details (one JSON line) and, as the LAST stdout line, the parseable RESULT line."""
+def result(measure: str, value: float, op: str, target: float, details: dict[str, Any], valid: bool = True) -> bool:
+    """Print the details (one JSON line) and, as the LAST stdout line, the parseable RESULT line.
+
+    ``valid=False`` (a figure the script itself judged to be noise) fails whatever the value."""
     if op not in ("<=", ">="):
         raise ValueError(op)
-    passed = bool(value <= target) if op == "<=" else bool(value >= target)
+    passed = valid and (bool(value <= target) if op == "<=" else bool(value >= target))
     print("DETAILS " + json.dumps({"measure": measure, **details, "machine": machine()}, default=str), flush=True)
     print(f"RESULT measure={measure} value={value:.6g} target={op}{target:g} pass={str(passed).lower()}", flush=True)
     return passed

@@ -51,6 +51,8 @@ def main() -> None:
     train = {
         **cfg.train.model_dump(),
         "loss": args.loss,
+        # One process stands in for the pipeline's workers: the loop scales lr by world size, so give it the total.
+        "lr": cfg.train.lr * cfg.train.num_workers,
         "max_steps": steps,
         "epochs": 100,  # max_steps decides
         "threads_per_worker": 2,
@@ -106,6 +108,7 @@ def main() -> None:
         "kd_temperature": capture["kd_temperature"],
         "topk": capture["topk"],
         "batch_sequences": cfg.train.batch_size,
+        "lr_total": train["lr"],
         "wall_seconds": round(wall, 1),
     }
     print("DETAILS " + json.dumps(details))

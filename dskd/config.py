@@ -226,6 +226,11 @@ class EvalConfig(Section):
     )
     probe_items: int = Field(100, ge=0, description="WordNet lexical probe items (held-out words); 0 = off")
     seed: int = Field(0, description="lexical-probe item sampling seed (the harness uses its own default seeds)")
+    sample_prompts: list[str] = Field(
+        ["The capital of France is", "The largest planet in the solar system is"],
+        description="prompts continued greedily by every evaluated model (samples.json, MLflow, the run summary)",
+    )
+    sample_tokens: int = Field(24, ge=1, description="new tokens per greedy sample")
 
 
 class TrackingConfig(Section):

@@ -118,8 +118,24 @@ def compare(
     console.print((Path(summary["report"]) / "comparison.md").read_text())
 
 
+def print_samples(evaluate_dir: Path) -> None:
+    """The greedy continuations of the evaluate stage (teacher, untrained and trained student), if it has them."""
+    import json
+
+    path = evaluate_dir / "samples.json"
+    if not path.is_file():
+        return
+    samples = json.loads(path.read_text())
+    labels = {"teacher": "teacher", "student_init": "untrained student", "student": "student"}
+    for i, first in enumerate(samples.get("teacher", [])):
+        console.print(f"[bold]{first['prompt']}[/bold] …")
+        for who, label in labels.items():
+            if who in samples and i < len(samples[who]):
+                console.print(f"  {label:>17}: {samples[who][i]['continuation']!r}", markup=False, highlight=False)
+
+
 def print_summary(summary: dict, wall: float) -> None:
-    """Stage table, then the registered model."""
+    """Stage table, the greedy samples, then the registered model."""
     table = Table(title=f"dskd pipeline ({wall:.1f} s)")
     for col in ("stage", "status", "seconds", "artifact"):
         table.add_column(col)
@@ -130,6 +146,9 @@ def print_summary(summary: dict, wall: float) -> None:
             status = "[green]cached[/green]" if row["cached"] else "[yellow]computed[/yellow]"
         table.add_row(row["stage"], status, f"{row['seconds']:.1f}", row["path"])
     console.print(table)
+    for row in summary["stages"]:
+        if row["stage"] == "evaluate":
+            print_samples(Path(row["path"]))
     reg_path = Path(summary["stages"][-1]["path"]) / "registration.json"
     if reg_path.is_file():
         import json

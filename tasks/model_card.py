@@ -108,6 +108,19 @@ def comparison(results: dict[str, dict[str, Any]], metric: str) -> str:
     return f"`{metric}` (the registry's gate metric, lower is better):\n" + "\n".join(lines)
 
 
+def samples_table(samples: dict[str, list[dict[str, str]]]) -> str:
+    """Markdown: each prompt with every model's greedy continuation ("" when there are none)."""
+    if not samples.get("student"):
+        return ""
+    rows = ["| prompt | model | greedy continuation |", "|---|---|---|"]
+    for i, item in enumerate(samples["student"]):
+        for who, label in WHO:
+            if who in samples and i < len(samples[who]):
+                text = samples[who][i]["continuation"].replace("|", "\\|").replace("\n", " ")
+                rows.append(f"| {item['prompt'] if who == 'teacher' else ''} | {label} | {text} |")
+    return "\n".join(rows)
+
+
 def render_card(facts: dict[str, Any]) -> str:
     """The README.md text. ``facts``: model_name, teacher (teacher_facts), corpus {source, content_hash, license},
     keys (stage_keys), config {stage: section}, train {steps, tokens, seconds, layers}, results (metrics.json),
@@ -170,6 +183,8 @@ Stage keys (`$DSKD_HOME/artifacts/<stage>/<key>`):
 {eval_table(facts["results"])}
 
 {comparison(facts["results"], facts["metric"])}
+
+{samples_table(facts.get("samples", {}))}
 
 ## Configuration
 

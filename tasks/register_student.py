@@ -21,6 +21,12 @@ from tasks.tracking import client_for, tracking_uri
 STAGE = "register"
 
 
+def _samples(evaluate_dir: Path) -> dict:
+    """The evaluate stage's greedy continuations ({} for an artifact made before they existed)."""
+    path = evaluate_dir / "samples.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def git_commit() -> str:
     """The code's git commit, or 'unknown' outside a checkout."""
     try:
@@ -57,6 +63,7 @@ def card_facts(home: str, section: dict, upstream: dict[str, str], up: dict[str,
             "layers": train.get("student_layers"),
         },
         "results": json.loads((up["evaluate"] / "metrics.json").read_text()),
+        "samples": _samples(up["evaluate"]),
         "metric": section["metric"],
         "run_id": run_id,
         "git_commit": git_commit(),

@@ -9,6 +9,9 @@ foreground scripts write to the shared home's MLflow store; the background ones 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
 import os
 import re
@@ -92,13 +95,19 @@ def runner(tmp_path_factory):
     r.stop()
 
 
-def test_every_script_is_listed():
+def bench_module(name: str):
+    """Import a bench/ module (they import each other by bare name, as when run as scripts)."""
     sys.path.insert(0, str(BENCH))
     try:
-        import run_all
+        return __import__(name)
     finally:
         sys.path.remove(str(BENCH))
-    on_disk = {p.stem for p in BENCH.glob("*.py")} - {"_common", "run_all"}
+
+
+def test_every_script_is_listed():
+    run_all = bench_module("run_all")
+    # _helpers are imported by the scripts; gpu_check writes a JSON (run by run_all after the RESULT scripts).
+    on_disk = {p.stem for p in BENCH.glob("*.py") if not p.stem.startswith("_")} - {"run_all", run_all.GPU_SCRIPT}
     assert set(run_all.SCRIPTS) == on_disk == set(SCRIPTS)
     ok = run_all.parse_result("RESULT measure=x_y value=1.25 target=<=1.1 pass=false")
     assert ok == {"measure": "x_y", "value": 1.25, "op": "<=", "target": 1.1, "passed": False}
@@ -114,3 +123,78 @@ def test_script_tiny(script: str, runner: Runner):
     lines = stdout.strip().splitlines()
     assert lines and RESULT.match(lines[-1]), f"last stdout line is not a RESULT: {lines[-1:]!r}"
     assert math.isfinite(float(lines[-1].split("value=")[1].split()[0]))
+
+
+def test_run_all_prints_every_issue_row():
+    run_all = bench_module("run_all")
+    rows = [
+        {
+            "script": "ray_scaling",
+            "seconds": 1.0,
+            "result": run_all.parse_result("RESULT measure=ray_scaling_2w_over_1w value=2.14 target=>=1.8 pass=false"),
+            "details": {"verdict": "noise", "ratio_bootstrap_95": [1.5, 2.9], "ratio_rounds_min_max": [1.9, 2.3]},
+        },
+        {"script": "hidden_bytes", "seconds": 1.0, "result": None, "details": {}},
+    ]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        table = run_all.print_tables(rows, {"gpu": False, "reason": "no CUDA"})
+    text = out.getvalue()
+    assert [r["issue 14 row"] for r in table] == [r[0] for r in run_all.ISSUE_ROWS] + [r[0] for r in run_all.GPU_ROWS]
+    result = {r["issue 14 row"]: r["result"] for r in table}
+    assert result["Ray 2 workers / 1"] == "fail" and "noise" in text
+    assert result["hidden-state bytes kept / every position fp16"] == "not measured"  # its script broke
+    assert result["logit-cache bytes/token"] == "not measured"  # not run
+    assert result["reservoir memory vs configured budget"] == "not measured"  # no script yet
+    assert [r["result"] for r in table[-len(run_all.GPU_ROWS) :]] == ["needs GPU"] * len(run_all.GPU_ROWS)
+    assert [r["target"] for r in table[:4]] == ["<= 10 %", "<= 40 B", "<= 1.05", ">= 1.8, stable"]
+
+
+def test_ray_scaling_statistics():
+    ray_scaling = bench_module("ray_scaling")
+    # Stamps mark the end of steps 1..4; step 1 (warm-up) has no start stamp, steps 2-4 last 1, 2 and 1 s.
+    assert ray_scaling.step_throughputs([0.0, 1.0, 3.0, 4.0], 1, 10) == [10.0, 5.0, 10.0]
+    assert ray_scaling.verdict(1.9, (1.85, 1.95)) == "measured"
+    assert ray_scaling.verdict(2.1, (2.05, 2.15)) == "noise"  # 2 workers cannot do more than 2x the work of 1
+    assert ray_scaling.verdict(1.9, (1.5, 2.3)) == "noise"  # +-21 %: too wide to read
+    lo, hi = ray_scaling.bootstrap_ratio([10.0] * 30, [19.0] * 30)
+    assert lo == hi == pytest.approx(1.9)
+
+
+def run_gpu_check(tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, str(BENCH / "gpu_check.py"), "--out", str(out), "--home", str(tmp_path), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_gpu_check_without_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine: the real check is bench/gpu_check.sh")
+    doc = run_gpu_check(tmp_path)
+    assert doc["gpu"] is False and doc["parts"] == {} and "CPU figures" in doc["reason"]
+
+
+def test_gpu_check_cpu_smoke(tmp_path):
+    """Every part's code path on CPU with tiny models (no timing asserts): the JSON's fields and the FLOP count."""
+    doc = run_gpu_check(tmp_path, "--device", "cpu", "--tiny")
+    assert doc["gpu"] is False and doc["device"] == "cpu"
+    parts = doc["parts"]
+    assert [p for p in parts if parts[p]["status"] == "measured"] == ["teacher_pass", "train_default", "train_1b"]
+    tp = parts["teacher_pass"]
+    assert tp["results"][0]["tokens"] == 16 * 32 and tp["results"][0]["batch"] == 4
+    assert set(tp["summary"]) == {"batch", "stage_over_bare", "stage_tokens_per_s", "bare_tokens_per_s"}
+    for name in ("train_default", "train_1b"):
+        summary = parts[name]["summary"]
+        assert summary["tokens_per_s"] > 0 and summary["mfu"] is None and summary["peak_mem_gib"] is None  # CPU
+        assert "6N" in parts[name]["flops_formula"]
+    # The tiny 1B stand-in: d=128, 2 layers, 4 heads (head dim 32) of which 2 KV, MLP 256, V=49152, all trainable.
+    # Per layer q,o 128x128 + k,v 128x64 + MLP 3x128x256 = 147,456; lm_head 49152x128 (tied: trainable).
+    n = 2 * 147_456 + 49_152 * 128
+    attention = 4 * 32 * 128 * 2 + 8 * 32 * 128 * 2  # L=32, d_attn=128, 2 layers forward + backward
+    assert parts["train_1b"]["results"][0]["flops_per_token"] == 6 * n + attention
+    assert parts["train_1b"]["parameters"] == n + 2 * (2 * 128) + 128  # + RMSNorm weights (2 per layer, final)
+    km = parts["kmeans"]
+    assert km["status"] == "skipped" and km["cpu_ms_per_token"] > 0 and km["tokens"] == 30 and km["dim"] == 64

@@ -133,6 +133,12 @@ def test_stage_contents(flow_runs):
         assert who["mc.arc_easy.n_shot"] == 1 and who["mc.mmlu_anatomy.n_shot"] == 0
         assert 0.0 <= who["mc.arc_easy.acc"] <= 1.0 and who["mc.arc_easy.acc_stderr"] >= 0
         assert who["probe.syn_vs_antonym.n"] == who["probe.syn_vs_unrelated.n"] == 6  # probe_items per kind
+    samples = json.loads((paths["evaluate"] / "samples.json").read_text())
+    prompts = ["The capital of France is", "The largest planet in the solar system is"]
+    assert set(samples) == {"teacher", "student_init", "student"}
+    assert all([s["prompt"] for s in who] == prompts for who in samples.values())
+    # A random tiny model still emits its 24 tokens (no EOS among them is likely, but text of some length is).
+    assert all(len(s["continuation"]) > 0 for who in samples.values() for s in who)
 
 
 def test_registered_version_loads_and_generates(flow_runs, tiny_teacher_dir):

@@ -139,6 +139,10 @@ def test_model_card_licence_and_stage_keys(tmp_path):
             "config": {"train": {"lr": 5e-5}},
             "train": {"steps": 4, "tokens": 256.0, "seconds": 1.5, "layers": [0, 1]},
             "results": {"student": {"heldout_perplexity": 9.0}},
+            "samples": {
+                "teacher": [{"prompt": "The capital of France is", "continuation": " Paris."}],
+                "student": [{"prompt": "The capital of France is", "continuation": " a | b\nc"}],
+            },
             "metric": "heldout_perplexity",
             "run_id": "run",
             "git_commit": "c0ffee",
@@ -148,3 +152,5 @@ def test_model_card_licence_and_stage_keys(tmp_path):
     assert "license: llama3\nbase_model: meta-llama/Meta-Llama-3-8B-Instruct\n" in front
     assert "| train | `r1` |" in card and "content hash `abc123`" in card and "4 optimizer steps, 256 training" in card
     assert "lr: 5.0e-05" in card and "- training corpus: cc-by-sa-3.0" in card
+    # Samples: the prompt once (teacher row), pipes escaped and newlines folded so the table stays a table.
+    assert "| The capital of France is | teacher |  Paris. |\n|  | student |  a \\| b c |" in card

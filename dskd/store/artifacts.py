@@ -32,9 +32,10 @@ SCHEMA_VERSIONS = {
     "teacher_cache": 5,
     "sense_index": 3,  # 3: reads the hidden states from the scratch area (or regenerates them), then deletes it
     "train": 2,  # 2: student layers chosen by block influence (resolved list in the manifest)
-    # baselines/evaluate 2: the untrained student is built from the teacher cache's layer choice; 3: contrast probe
-    "baselines": 3,
-    "evaluate": 3,
+    # baselines/evaluate 2: the untrained student is built from the teacher cache's layer choice; 3: contrast probe;
+    # 4: samples.json (greedy continuations)
+    "baselines": 4,
+    "evaluate": 4,
     "register": 2,  # 2: the student is logged as an MLflow transformers model with a model card
     "compare": 2,  # 2: paired per-seed differences, probe stderr
 }
