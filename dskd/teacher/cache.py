@@ -33,7 +33,7 @@ from dskd.teacher.model import (
     resolve_compute_dtype,
     resolve_device,
 )
-from dskd.teacher.reservoir import GIB, BoundedReservoir, remove_spill_dir, write_reservoir
+from dskd.teacher.reservoir import GIB, BoundedReservoir, remove_spill_dir, row_group_bytes, write_reservoir
 from dskd.teacher.reservoir import read_reservoir as read_reservoir  # re-exported: readers import it from here
 from dskd.teacher.reservoir import reservoir_file_rows as reservoir_file_rows
 from dskd.teacher.reservoir import reservoir_rows as reservoir_rows
@@ -196,8 +196,9 @@ def cache_shard_and_sample(
             generator,
             hidden_path=out_dir / "hidden" / shard_hidden_name(shard_path),
         )
-        write_reservoir(reservoir.rows(), out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet")
-        spilled = len(reservoir.runs)
+        part = out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet"
+        write_reservoir(reservoir.rows(), part, row_group_bytes(budget))
+        spilled = reservoir.spills
     finally:
         reservoir.close()
         remove_spill_dir(spill)  # never committed with the shard's files

@@ -26,13 +26,25 @@ from dskd.teacher.schema import RESERVOIR_SCHEMA
 
 GIB = 1 << 30
 RESERVOIR_ROW_GROUP_BYTES = 4 << 20  # small row groups: a k-way merge holds one of every part file at a time
+RUN_FAN_IN = 8  # runs of one size tier merged into one of the next tier (exact: consecutive runs, newest wins)
+
+
+def row_group_bytes(memory_bytes: int | None) -> int:
+    """Row-group size of reservoir files written within a budget: 4 MiB, or 1/8 of a smaller budget."""
+    return (
+        RESERVOIR_ROW_GROUP_BYTES if memory_bytes is None else max(1, min(RESERVOIR_ROW_GROUP_BYTES, memory_bytes // 8))
+    )
 
 
 class BoundedReservoir:
     """Per-token uniform reservoir of at most ``cap`` vectors, holding at most ~``memory_bytes`` of them in RAM.
 
     ``memory_bytes=None``: never spills. ``spill_dir`` (required with a budget) receives ``run-*.parquet``;
-    :meth:`close` deletes them. The budget counts vectors and keys; one batch's writes may exceed it briefly.
+    :meth:`close` deletes them. The budget counts vectors and keys (numpy memory; Parquet I/O buffers are extra,
+    a few MiB per open file), and is split so that the copies a compaction or a merge window makes stay inside
+    it: the log holds a quarter of it; reading back, the runs' read batches together hold a quarter. Runs are
+    tiered: ``RUN_FAN_IN`` consecutive runs of one tier are merged into one of the next, so each write is
+    rewritten O(log(reservoir / budget)) times. One batch's writes may exceed the budget briefly.
     """
 
     def __init__(
@@ -53,10 +65,14 @@ class BoundedReservoir:
         self._seen = np.zeros(0, dtype=np.int64)  # token id -> vectors offered
         self._log: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._log_rows = 0
-        row_bytes = self.dim * self.dtype.itemsize + 16  # vector + token id + slot
-        self._max_rows = None if memory_bytes is None else max(2, int(memory_bytes) // row_bytes)
+        # vector + token id and slot, + the index arrays a merge window makes per row (src, order, key, pick)
+        self._row_bytes = self.dim * self.dtype.itemsize + 64
+        # A compaction holds the log, its concatenation and the compacted copy (+ one batch): a quarter each.
+        self._max_rows = None if memory_bytes is None else max(2, int(memory_bytes) // (4 * self._row_bytes))
         self._spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self._n_spilled = 0
         self.runs: list[Path] = []
+        self._tiers: list[int] = []  # tier of each run (0 = one spilled log)
 
     def add(self, token_ids: np.ndarray, vectors: np.ndarray) -> None:
         """Offer ``vectors[j]`` under ``token_ids[j]`` for every j, in order (the stream order)."""
@@ -91,6 +107,11 @@ class BoundedReservoir:
             if self._log_rows > self._max_rows // 2:  # compaction did not free enough: spill the log
                 self._spill()
 
+    @property
+    def spills(self) -> int:
+        """Run files written so far (spilled logs and tier merges)."""
+        return self._n_spilled
+
     def n_seen(self) -> dict[int, int]:
         """Token id -> how many vectors of it were offered so far."""
         ids = np.flatnonzero(self._seen)
@@ -99,10 +120,9 @@ class BoundedReservoir:
     def rows(self, batch_rows: int | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
         """``(token_id, kept vectors [min(n_seen, cap), d] in slot order, n_seen)`` by increasing token id."""
         self._compact()
-        per_run = batch_rows or max(1, (self._max_rows or 1 << 16) // max(len(self.runs) + 1, 1))
-        sources: list[Iterable] = [read_run(p, self.dim, per_run) for p in self.runs]
-        sources.append([self._log[0]] if self._log else [])
-        for tok, _, vec in latest_writes(sources, self.cap, self.dim, self.dtype):
+        if self.runs and self._log:  # stream everything from disk: the log's memory is the read buffers' now
+            self._spill()
+        for tok, _, vec in latest_writes(self._sources(batch_rows), self.cap, self.dim, self.dtype):
             starts = np.flatnonzero(np.r_[True, tok[1:] != tok[:-1]])
             for s, e in itertools.pairwise([*starts.tolist(), tok.size]):
                 token_id = int(tok[s])
@@ -117,7 +137,7 @@ class BoundedReservoir:
         """Delete the spilled runs."""
         for path in self.runs:
             path.unlink(missing_ok=True)
-        self.runs = []
+        self.runs, self._tiers = [], []
 
     def _append(self, tok: np.ndarray, slot: np.ndarray, vec: np.ndarray) -> None:
         if tok.size:
@@ -130,13 +150,43 @@ class BoundedReservoir:
             self._log = [last_per_key(merged, self.cap)]  # type: ignore[arg-type]
             self._log_rows = int(self._log[0][0].size)
 
-    def _spill(self) -> None:
+    def _sources(self, batch_rows: int | None = None) -> list[Iterable]:
+        """The runs (oldest first) and the log (newest), each a key-sorted iterable of write batches; the read
+        batches of all runs together hold about ``max_rows`` rows (a window's copies: two more of that)."""
+        per_run = batch_rows or max(1, (self._max_rows or 1 << 16) // max(len(self.runs), 1))
+        sources: list[Iterable] = [read_run(p, self.dim, per_run) for p in self.runs]
+        sources.append([self._log[0]] if self._log else [])
+        return sources
+
+    def _run_path(self) -> Path:
         assert self._spill_dir is not None
         self._spill_dir.mkdir(parents=True, exist_ok=True)
-        path = self._spill_dir / f"run-{len(self.runs):05d}.parquet"
-        write_run(path, self._log[0])
-        self.runs.append(path)
+        self._n_spilled += 1
+        return self._spill_dir / f"run-{self._n_spilled:05d}.parquet"
+
+    def _group_rows(self) -> int:
+        return max(
+            1,
+            row_group_bytes(None if self._max_rows is None else self._max_rows * self._row_bytes)
+            // (RUN_FAN_IN * self._row_bytes),
+        )
+
+    def _spill(self) -> None:
+        path = self._run_path()
+        if write_run(path, [self._log[0]], self._group_rows()):
+            self.runs.append(path)
+            self._tiers.append(0)
         self._log, self._log_rows = [], 0
+        # The newest RUN_FAN_IN runs share a tier: merge them into one run of the next tier (streaming).
+        while len(self._tiers) >= RUN_FAN_IN and len(set(self._tiers[-RUN_FAN_IN:])) == 1:
+            group, tier = self.runs[-RUN_FAN_IN:], self._tiers[-1]
+            per_run = max(1, (self._max_rows or 1) // RUN_FAN_IN)
+            sources = [read_run(p, self.dim, per_run) for p in group]
+            merged = self._run_path()
+            write_run(merged, latest_writes(sources, self.cap, self.dim, self.dtype), self._group_rows())
+            for old in group:
+                old.unlink(missing_ok=True)
+            self.runs[-RUN_FAN_IN:], self._tiers[-RUN_FAN_IN:] = [merged], [tier + 1]
 
 
 def reservoir_rows(reservoir) -> Iterator[tuple[int, np.ndarray, int]]:
@@ -149,23 +199,49 @@ def reservoir_rows(reservoir) -> Iterator[tuple[int, np.ndarray, int]]:
         yield token_id, vectors, seen[token_id]
 
 
-def write_reservoir(rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path) -> int:
+def write_reservoir(
+    rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path, group_bytes: int = RESERVOIR_ROW_GROUP_BYTES
+) -> int:
     """Persist reservoir rows (float16 vectors, flattened) to Parquet in small row groups; returns the token
-    count. Streams: holds one row group (~4 MiB) at a time."""
-    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd", **PARQUET_WRITE) as writer:
-        batch: list[dict] = []
-        n_tokens = batch_bytes = 0
+    count. Streams: holds one row group (``group_bytes``, 4 MiB by default) at a time."""
+    # Columns built from numpy arrays (no per-row Python objects) and no dictionary encoding (float vectors never
+    # repeat). An open ParquetWriter itself keeps ~30-45 MiB of pyarrow buffers at 4 MiB row groups (measured).
+    options = {"compression": "zstd", "use_dictionary": False, **PARQUET_WRITE}
+    n_tokens = 0
+    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, **options) as writer:
+        ids: list[int] = []
+        counts: list[int] = []
+        seen: list[int] = []
+        flats: list[np.ndarray] = []
+        pending = 0
+
+        def flush() -> None:
+            offsets = np.zeros(len(flats) + 1, np.int32)
+            np.cumsum([f.size for f in flats], out=offsets[1:])
+            values = pa.array(np.concatenate(flats) if flats else np.zeros(0, np.float16), pa.float16())
+            table = pa.Table.from_arrays(
+                [
+                    pa.array(ids, pa.int64()),
+                    pa.array(counts, pa.int32()),
+                    pa.array(seen, pa.int64()),
+                    pa.ListArray.from_arrays(pa.array(offsets), values),
+                ],
+                schema=RESERVOIR_SCHEMA,
+            )
+            writer.write_table(table)
+
         for token_id, vectors, n_seen in rows:
-            flat = np.asarray(vectors, dtype=np.float16).reshape(-1)
-            batch.append({"token_id": int(token_id), "count": int(vectors.shape[0]), "n_seen": int(n_seen)})
-            batch[-1]["vectors"] = flat
+            flats.append(np.array(vectors, dtype=np.float16).reshape(-1))  # a copy: frees the window it viewed
+            ids.append(int(token_id))
+            counts.append(int(vectors.shape[0]))
+            seen.append(int(n_seen))
             n_tokens += 1
-            batch_bytes += flat.nbytes
-            if len(batch) == 1024 or batch_bytes >= RESERVOIR_ROW_GROUP_BYTES:
-                writer.write_table(pa.Table.from_pylist(batch, schema=RESERVOIR_SCHEMA))
-                batch, batch_bytes = [], 0
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=RESERVOIR_SCHEMA))
+            pending += flats[-1].nbytes
+            if len(flats) == 1024 or pending >= group_bytes:
+                flush()
+                ids, counts, seen, flats, pending = [], [], [], [], 0
+        if flats or n_tokens == 0:
+            flush()
     return n_tokens
 
 

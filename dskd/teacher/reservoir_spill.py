@@ -18,25 +18,37 @@ import pyarrow.parquet as pq
 
 from dskd.store.integrity import PARQUET_WRITE, iter_batches
 
-# Writes: keys and one flat vector each. Row groups stay small so a reader holds little of every run at once.
-RUN_ROW_GROUP_BYTES = 4 << 20
-
 Writes = tuple[np.ndarray, np.ndarray, np.ndarray]  # (token_id int64 [n], slot int64 [n], vectors [n, d])
 
 
-def write_run(path: Path, writes: Writes) -> None:
-    """Write one compacted, key-sorted run of writes to ``path`` (zstd, page checksums)."""
+def _run_table(writes: Writes) -> pa.Table:
     tok, slot, vec = writes
-    dim = vec.shape[1]
-    table = pa.table(
+    return pa.table(
         {
             "token_id": pa.array(tok, pa.int64()),
             "slot": pa.array(slot.astype(np.int32), pa.int32()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vec).reshape(-1)), dim),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vec).reshape(-1)), vec.shape[1]),
         }
     )
-    rows_per_group = max(1, RUN_ROW_GROUP_BYTES // max(vec.itemsize * dim, 1))
-    pq.write_table(table, path, compression="zstd", row_group_size=rows_per_group, **PARQUET_WRITE)
+
+
+def write_run(path: Path, batches: Iterable[Writes], row_group_rows: int) -> int:
+    """Write key-sorted writes (one or more batches, in order) to one run file; small row groups (zstd, page
+    checksums) so a reader holds little of each run. Returns the rows written."""
+    writer, rows = None, 0
+    try:
+        for writes in batches:
+            if writes[0].size == 0:
+                continue
+            table = _run_table(writes)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd", **PARQUET_WRITE)
+            writer.write_table(table, row_group_size=max(1, row_group_rows))
+            rows += writes[0].size
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
 
 
 def read_run(path: Path, dim: int, batch_rows: int) -> Iterator[Writes]:
@@ -105,7 +117,10 @@ def latest_writes(sources: list[Iterable[Writes]], cap: int, dim: int, dtype: np
             continue
         tok = np.concatenate([p[0] for _, p in parts])
         slot = np.concatenate([p[1] for _, p in parts])
-        vec = np.concatenate([p[2] for _, p in parts])
         src = np.concatenate([np.full(p[0].size, i) for i, p in parts])
         order = np.lexsort((src, slot, tok))  # by key, then by source: the newest source last
-        yield last_per_key((tok[order], slot[order], vec[order]), cap)
+        key = tok[order] * cap + slot[order]
+        last = np.flatnonzero(np.r_[key[1:] != key[:-1], True])  # the newest write of each key
+        pick = order[last]
+        vec = np.concatenate([p[2] for _, p in parts])  # the window's one copy of vectors (+ the picked rows)
+        yield tok[pick], slot[pick], vec[pick]
