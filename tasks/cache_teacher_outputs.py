@@ -20,7 +20,7 @@ from dskd.store.staging import UnitStaging, staging_dir
 from dskd.teacher.block_influence import BlockInfluence
 from dskd.teacher.cache import TeacherPass, reservoir_file_rows, staged_shards, tokenizer_hash, write_reservoir
 from dskd.teacher.model import load_tokenizer
-from dskd.teacher.reservoir import GIB, row_group_bytes
+from dskd.teacher.reservoir import GIB
 from dskd.teacher.reservoir_merge import merge_batch_rows, merge_reservoir_parts, part_paths
 from dskd.teacher.schema import CACHE_FORMAT
 from tasks.common import run_stage, stage_cache_policy
@@ -128,7 +128,8 @@ def cache_teacher_outputs(
         cap, dim = section["reservoir_per_token"], capture["hidden_size"]
         batch_rows = merge_batch_rows(int(budget_gb * GIB), len(parts), cap, dim)
         rows = merge_reservoir_parts((reservoir_file_rows(p, dim, batch_rows) for p in parts), cap=cap)
-        n_tokens = write_reservoir(rows, tmp / "reservoir.parquet", row_group_bytes(int(budget_gb * GIB)))
+        # Fixed 4 MiB row groups (not the budget's): the artifact is byte for byte the same for any budget.
+        n_tokens = write_reservoir(rows, tmp / "reservoir.parquet")
         shutil.rmtree(tmp / "parts")  # merged; the per-shard samples are not part of the artifact
         (tmp / "capture.json").write_text(
             json.dumps({**capture, "compute_dtype": done[0]["compute_dtype"], "device": done[0]["device"]})
