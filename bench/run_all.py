@@ -38,6 +38,7 @@ SCRIPTS = [
     "cache_rss",
     "time_to_quality",
     "integrity_cost",
+    "reservoir_memory",
 ]
 GPU_SCRIPT = "gpu_check"  # writes a JSON, not a RESULT line; run after the others
 RESULT_RE = re.compile(
@@ -53,7 +54,8 @@ ISSUE_ROWS = [
     ("teacher-cache stage / bare forward", "teacher_cache_overhead", "teacher_cache_overhead", "{:.3f}", "<= 1.05",
      ("<=", 1.05)),
     ("Ray 2 workers / 1", "ray_scaling", "ray_scaling_2w_over_1w", "{:.3f}", ">= 1.8, stable", (">=", 1.8)),
-    ("reservoir memory vs configured budget", None, None, "", "<= budget", None),
+    ("reservoir memory vs configured budget", "reservoir_memory", "reservoir_memory_over_budget", "{:.2f} x budget",
+     "<= budget", ("<=", 1.0)),
 ]  # fmt: skip
 # GPU rows: (row, part of gpu_check's JSON).
 GPU_ROWS = [

@@ -91,6 +91,12 @@ class CacheConfig(Section):
     seed: int = Field(0, description="seed of the sampled-KD draws (per shard: seed + shard index)")
     batch_size: int = Field(8, ge=1)
     reservoir_per_token: int = Field(50, ge=1, description="hidden states kept per predicted token")
+    reservoir_memory_gb: float = Field(
+        4.0,
+        gt=0,
+        description="GiB of reservoir vectors a teacher process holds in RAM; beyond it the reservoir spills to "
+        "Parquet runs per shard (the sampled reservoir is the same for any budget, so not part of the cache key)",
+    )
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="teacher forward dtype: auto = bf16/fp16 on GPU, fp32 on CPU"
     )
@@ -104,7 +110,7 @@ class CacheConfig(Section):
     threads_per_worker: int = Field(1, ge=1, description="CPU threads (and Ray CPUs) per teacher replica")
 
     # How the pass is spread over machines, not what it computes: kept out of artifact keys.
-    EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"num_workers", "threads_per_worker"})
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = frozenset({"num_workers", "threads_per_worker", "reservoir_memory_gb"})
 
     def key_dump(self) -> dict[str, Any]:
         """The section as it enters artifact keys (without the execution-only fields)."""

@@ -63,6 +63,7 @@ def stage_runtimes(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     runtimes["teacher_cache"].update(
         num_workers=cfg.cache.num_workers,
         threads_per_worker=cfg.cache.threads_per_worker,
+        reservoir_memory_gb=cfg.cache.reservoir_memory_gb,
         ray_address=cfg.train.ray_address,
         ray_temp_dir=str(cfg.home_path / "ray"),
     )

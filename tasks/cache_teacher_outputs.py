@@ -1,4 +1,6 @@
-"""Stage 3: the teacher pass -> top-k logits + sense hidden states (sharded Parquet) + merged sense reservoir."""
+"""Stage 3: the teacher pass -> top-k logits (sharded Parquet) + merged sense reservoir in the artifact; the sense
+positions' hidden states go to the scratch area ``$DSKD_HOME/scratch/teacher_cache/<key>/hidden/`` (transient: the
+sense-index stage, their only reader, deletes them once its artifact is complete)."""
 
 from __future__ import annotations
 
@@ -10,14 +12,18 @@ from typing import Any
 from prefect import task
 from tqdm import tqdm
 
+from dskd.config import CacheConfig
 from dskd.plots import block_influence_bars
 from dskd.store.artifacts import stage_key
+from dskd.store.scratch import publish_scratch, scratch_dir
 from dskd.store.staging import UnitStaging, staging_dir
 from dskd.teacher.block_influence import BlockInfluence
 from dskd.teacher.cache import TeacherPass, reservoir_file_rows, staged_shards, tokenizer_hash, write_reservoir
 from dskd.teacher.kd_pack import encoding_capture
 from dskd.teacher.model import load_tokenizer
-from dskd.teacher.reservoir_merge import merge_reservoir_parts, part_paths
+from dskd.teacher.reservoir import GIB
+from dskd.teacher.reservoir_merge import merge_batch_rows, merge_reservoir_parts, part_paths
+from dskd.teacher.schema import CACHE_FORMAT
 from tasks.common import run_stage, stage_cache_policy
 from tasks.prepare_teacher import teacher_dir
 
@@ -29,6 +35,7 @@ def expected_capture(teacher_key: str, model_dir: Path, section: dict[str, Any])
     tokenizer = load_tokenizer(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     capture = {
+        "format": CACHE_FORMAT,
         "teacher_key": teacher_key,
         "tokenizer_hash": tokenizer_hash(tokenizer),
         "vocab_size": len(tokenizer),
@@ -52,6 +59,11 @@ def merged_block_influence(done: list[dict[str, Any]]) -> BlockInfluence | None:
     for part in parts[1:]:
         total = total.merge(part)
     return total
+
+
+def is_hidden_file(rel: str) -> bool:
+    """Whether a staged file is a hidden shard (scratch area, not the artifact)."""
+    return rel.startswith("hidden/")
 
 
 def _in_process_pass(
@@ -80,13 +92,21 @@ def cache_teacher_outputs(
 ) -> dict[str, Any]:
     """Cache key: cache section (top-k, T, batch, reservoir cap, dtype, device) + teacher and annotate keys.
 
-    ``runtime`` (num_workers, threads_per_worker, ray_address, ray_temp_dir, storage_uri) only decides where the
-    pass runs: with more than one worker the shards fan out over Ray teacher replicas; the artifact is the same.
+    ``runtime`` (num_workers, threads_per_worker, ray_address, ray_temp_dir, storage_uri, reservoir_memory_gb)
+    only decides where and within how much memory the pass runs: with more than one worker the shards fan out
+    over Ray teacher replicas, each holding at most ``reservoir_memory_gb`` of reservoir vectors (the rest is
+    spilled to Parquet; the same reservoir for any budget); the artifact is the same.
+
+    The hidden states of the sense positions are published to the scratch area (hard links from the staging dir,
+    ``complete.json`` last) before the artifact is complete; they are never part of the artifact nor of the store.
     """
     runtime = runtime or {}
     workers = runtime.get("num_workers", 1)
+    budget_gb = runtime.get("reservoir_memory_gb", CacheConfig.model_fields["reservoir_memory_gb"].default)
+    pass_section = {**section, "reservoir_memory_gb": budget_gb}  # the key is made from ``section`` alone
+    key = stage_key(STAGE, section, upstream)
     # Finished shards survive a killed pass here (files + done marker); a rerun computes only the others.
-    staging = staging_dir(home, STAGE, stage_key(STAGE, section, upstream))
+    staging = staging_dir(home, STAGE, key)
 
     def build(tmp: Path, extra: dict, up: dict[str, Path]) -> None:
         model_dir = teacher_dir(up["teacher"])
@@ -98,14 +118,19 @@ def cache_teacher_outputs(
             from tasks.teacher_fanout import fan_out_teacher_pass  # Ray only when asked for
 
             inputs = [up["teacher"], up["annotate"]]  # fetched from storage.uri by replicas on other nodes
-            done = fan_out_teacher_pass(shards, staging, model_dir, section, capture, runtime, inputs)
+            done = fan_out_teacher_pass(shards, staging, model_dir, pass_section, capture, runtime, inputs)
         else:
-            done = _in_process_pass(shards, staging, model_dir, section, capture, total_tokens)
-        UnitStaging(staging).link_into(done, tmp)  # staged copies stay until the artifact is in place
+            done = _in_process_pass(shards, staging, model_dir, pass_section, capture, total_tokens)
+        # Staged copies stay until the artifact is in place; hidden shards go to the scratch area instead.
+        UnitStaging(staging).link_into(done, tmp, keep=lambda rel: not is_hidden_file(rel))
+        hidden = [f for d in done for f in d["files"] if is_hidden_file(f["path"])]
+        info = {"stage": STAGE, "key": key, "format": CACHE_FORMAT, "tokens": total_tokens}
+        publish_scratch(staging, hidden, scratch_dir(home, STAGE, key), info)
         parts = part_paths(tmp / "parts")
-        rows = merge_reservoir_parts(
-            (reservoir_file_rows(p, capture["hidden_size"]) for p in parts), cap=section["reservoir_per_token"]
-        )
+        cap, dim = section["reservoir_per_token"], capture["hidden_size"]
+        batch_rows = merge_batch_rows(int(budget_gb * GIB), len(parts), cap, dim)
+        rows = merge_reservoir_parts((reservoir_file_rows(p, dim, batch_rows) for p in parts), cap=cap)
+        # Fixed 4 MiB row groups (not the budget's): the artifact is byte for byte the same for any budget.
         n_tokens = write_reservoir(rows, tmp / "reservoir.parquet")
         shutil.rmtree(tmp / "parts")  # merged; the per-shard samples are not part of the artifact
         (tmp / "capture.json").write_text(
@@ -120,11 +145,13 @@ def cache_teacher_outputs(
             block_influence_bars(scores, tmp / "block_influence.png")
             extra["block_influence"] = {"scores": scores, "positions": influence.count}
         shard_bytes = sum(p.stat().st_size for p in (tmp / "shards").glob("*.parquet"))
+        hidden_bytes = sum(f["bytes"] for f in hidden)
         extra["capture"] = capture
         extra["rows"] = {"sequences": sum(d["rows"] for d in done), "reservoir_tokens": n_tokens}
         computed = [d for d in done if not d.get("resumed")]
         nodes = len({d.get("node") for d in computed})  # in-process: one (None)
-        extra["execution"] = {"workers": workers, "shards": len(done), "nodes": nodes}
+        spills = sum(d.get("reservoir_spill_runs", 0) for d in done)  # runs spilled within reservoir_memory_gb
+        extra["execution"] = {"workers": workers, "shards": len(done), "nodes": nodes, "reservoir_spill_runs": spills}
         # Shards staged by an earlier, killed attempt were not recomputed (same bytes: seeded by shard index).
         extra["resume"] = {"shards_computed": len(computed), "shards_resumed": len(done) - len(computed)}
         extra["metrics"] = {
@@ -132,6 +159,9 @@ def cache_teacher_outputs(
             "cache_bytes_per_token": shard_bytes / max(total_tokens, 1),
             "reservoir_tokens": n_tokens,
             "reservoir_bytes": (tmp / "reservoir.parquet").stat().st_size,
+            "persistent_hidden_bytes": 0,  # no hidden state of a sense position is in the artifact
+            "scratch_hidden_bytes": hidden_bytes,
+            "scratch_hidden_bytes_per_token": hidden_bytes / max(total_tokens, 1),
             "tokens": total_tokens,
             "teacher_workers": workers,
         }

@@ -38,6 +38,7 @@ FOREGROUND = [
     "cache_rss",
     "time_to_quality",
     "integrity_cost",
+    "reservoir_memory",
 ]
 SCRIPTS = [PREPARE, *FOREGROUND, *BACKGROUND]
 # The `bench` extra (mlflow and accelerate pull both in today, but the suite must not depend on that).

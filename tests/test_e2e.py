@@ -88,7 +88,7 @@ def test_another_machine_fetches_every_artifact_from_the_store(flow_runs, tiny_t
         assert read_manifest(Path(theirs["path"]))["files"] == read_manifest(Path(mine["path"]))["files"]
         assert Path(theirs["path"]).is_relative_to(tmp_path / "home2")
     cache = read_manifest(Path(first["stages"][3]["path"]))
-    assert cache["execution"] == {"workers": 2, "shards": 2, "nodes": 1}
+    assert cache["execution"] == {"workers": 2, "shards": 2, "nodes": 1, "reservoir_spill_runs": 0}
     # Ray Train checkpoints went to the store too (storage.uri/ray_results), not to DSKD_HOME.
     assert list(Path(store_uri.removeprefix("file://"), "ray_results").glob("dskd-*"))
 
@@ -112,6 +112,10 @@ def test_stage_contents(flow_runs):
     cache = read_manifest(paths["teacher_cache"])
     assert cache["rows"]["sequences"] == 16 and cache["rows"]["reservoir_tokens"] > 0
     assert len(list((paths["teacher_cache"] / "shards").glob("*.parquet"))) == 2
+    # Hidden states are transient: never in the artifact, and their scratch copy is gone once the sense index is.
+    assert cache["metrics"]["persistent_hidden_bytes"] == 0 and cache["metrics"]["scratch_hidden_bytes"] > 0
+    assert not [f for f in cache["files"] if f["path"].startswith("hidden/")]
+    assert not (paths["teacher_cache"].parents[2] / "scratch" / "teacher_cache" / paths["teacher_cache"].name).exists()
     index = read_manifest(paths["sense_index"])
     assert index["metrics"]["sense_rows"] > 0 and index["metrics"]["candidate_entries"] > 0
     assert (paths["sense_index"] / "senses.safetensors").is_file()

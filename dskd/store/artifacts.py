@@ -28,9 +28,10 @@ SCHEMA_VERSIONS = {
     "lexicon": 2,
     "annotate": 2,
     # 2: reservoir rows carry n_seen; 3: page checksums; 4: kd_mode in the capture, block_influence.json;
-    # 5: kd_encoding in the capture (fp16 / packed KD columns, dskd/teacher/kd_pack.py)
-    "teacher_cache": 5,
-    "sense_index": 2,
+    # 5: cache format 2 (sense hidden states out of the shards, into the scratch area; budgeted reservoir merge);
+    # 6: kd_encoding in the capture (fp16 / packed KD columns, dskd/teacher/kd_pack.py)
+    "teacher_cache": 6,
+    "sense_index": 3,  # 3: reads the hidden states from the scratch area (or regenerates them), then deletes it
     "train": 2,  # 2: student layers chosen by block influence (resolved list in the manifest)
     # baselines/evaluate 2: the untrained student is built from the teacher cache's layer choice; 3: contrast probe;
     # 4: samples.json (greedy continuations)

@@ -75,9 +75,16 @@ def num_rows(path: str | Path) -> int:
 
 
 def iter_batches(path: str | Path, batch_size: int, **kwargs: Any) -> Iterator[pa.RecordBatch]:
-    """``ParquetFile.iter_batches`` with page checksums verified."""
+    """``ParquetFile.iter_batches`` with page checksums verified, one row group at a time.
+
+    Why per row group: over a whole file, pyarrow's batch reader was measured holding the entire file in its memory
+    pool (a 21 MiB file read in 100-row batches peaked at 21.7 MiB; per row group: 0.6 MiB), which defeats streaming
+    readers such as the k-way reservoir merges.
+    """
     try:
-        yield from pq.ParquetFile(path, page_checksum_verification=True).iter_batches(batch_size=batch_size, **kwargs)
+        file = pq.ParquetFile(path, page_checksum_verification=True)
+        for group in range(file.num_row_groups):
+            yield from file.iter_batches(batch_size=batch_size, row_groups=[group], **kwargs)
     except (OSError, pa.ArrowException) as err:
         raise corrupt(Path(path), _reason(err)) from err
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,14 @@ class UnitStaging:
                 done[int(marker["index"])] = marker
         return done
 
-    def link_into(self, markers: list[dict[str, Any]], dest: Path) -> None:
-        """Hard-link (copy across filesystems) the markers' files into ``dest`` at their relative paths: the
-        staged copies stay until :meth:`remove`, so a crash while assembling loses nothing."""
+    def link_into(self, markers: list[dict[str, Any]], dest: Path, keep: Callable[[str], bool] | None = None) -> None:
+        """Hard-link (copy across filesystems) the markers' files (those whose relative path ``keep`` accepts, all
+        by default) into ``dest`` at their relative paths: the staged copies stay until :meth:`remove`, so a
+        crash while assembling loses nothing."""
         for marker in markers:
             for f in marker["files"]:
+                if keep is not None and not keep(f["path"]):
+                    continue
                 target = dest / f["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:

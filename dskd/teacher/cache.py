@@ -1,14 +1,18 @@
 """One streaming teacher pass: top-k logits for KD, hidden states for the sense dictionary and sense positions.
 
 Memory stays bounded: shards are processed batch by batch, and the dictionary reservoir keeps at most
-``reservoir_per_token`` vectors per predicted token.
+``reservoir_per_token`` vectors per predicted token, at most ``reservoir_memory_gb`` of them in RAM (the rest
+spilled to Parquet runs beside the shard: :class:`dskd.teacher.reservoir.BoundedReservoir`).
+
+Per shard the pass writes ``shards/cache-<i>.parquet`` (what training reads: top-k logits + lse),
+``hidden/hidden-<i>.parquet`` (the sense positions' hidden states: transient, only the sense-index stage reads
+them) and ``parts/reservoir-<i>.parquet`` (the shard's reservoir, merged by the stage).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from dskd.senses.dictionary import Reservoir
-from dskd.store.integrity import PARQUET_WRITE, iter_batches, read_table
+from dskd.store.integrity import PARQUET_WRITE, read_table
 from dskd.store.staging import UnitStaging
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
 from dskd.teacher.kd_pack import RowGroupBuffer, logit_rows, with_logit_fields, writer_options
@@ -31,7 +34,11 @@ from dskd.teacher.model import (
     resolve_compute_dtype,
     resolve_device,
 )
-from dskd.teacher.schema import RESERVOIR_SCHEMA, teacher_cache_schema
+from dskd.teacher.reservoir import GIB, BoundedReservoir, remove_spill_dir, row_group_bytes, write_reservoir
+from dskd.teacher.reservoir import read_reservoir as read_reservoir  # re-exported: readers import it from here
+from dskd.teacher.reservoir import reservoir_file_rows as reservoir_file_rows
+from dskd.teacher.reservoir import reservoir_rows as reservoir_rows
+from dskd.teacher.schema import hidden_schema, teacher_cache_schema
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -72,7 +79,7 @@ def cache_shard(
     model,
     shard_path: Path,
     out_path: Path,
-    reservoir: Reservoir,
+    reservoir,
     capture: dict[str, Any],
     batch_size: int,
     device: str,
@@ -80,8 +87,10 @@ def cache_shard(
     block_influence: BlockInfluence | None = None,
     block_influence_tokens: int = 0,
     generator: torch.Generator | None = None,
+    hidden_path: Path | None = None,
 ) -> int:
-    """Run the teacher over one annotated shard; write its cache shard; feed the reservoir. Returns rows.
+    """Run the teacher over one annotated shard; write its cache shard (and, with ``hidden_path``, its hidden
+    shard); feed the reservoir (a :class:`BoundedReservoir` or a ``Reservoir``). Returns rows.
 
     The first ``block_influence_tokens`` positions of the shard also feed ``block_influence`` (layer hooks).
     """
@@ -96,8 +105,13 @@ def cache_shard(
     kd_mode = capture.get("kd_mode", "topk")
     groups = RowGroupBuffer(input_ids.shape[1])  # row groups of ~32k positions, not per batch: zstd packs KD better
     # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
-    options = {**PARQUET_WRITE, **writer_options(capture)}  # packed KD streams: a higher zstd level
-    with pq.ParquetWriter(out_path, schema, compression="zstd", use_dictionary=False, **options) as writer:
+    options = {"compression": "zstd", "use_dictionary": False, **PARQUET_WRITE}
+    hidden_writer = pq.ParquetWriter(hidden_path, hidden_schema(capture), **options) if hidden_path else None
+    # Packed KD streams: a higher zstd level (kd_pack.writer_options); the hidden shards keep the plain options.
+    with (
+        pq.ParquetWriter(out_path, schema, **{**options, **writer_options(capture)}) as writer,
+        hidden_writer or nullcontext(),
+    ):
         for start in range(0, len(seq_ids), batch_size):
             batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
             measure = block_influence is not None and block_influence.count < block_influence_tokens
@@ -107,7 +121,7 @@ def cache_shard(
             # Dictionary: file each vector under the token the teacher PREDICTS there (method.md §1).
             reservoir.add(argmax.cpu().numpy().reshape(-1), hidden_np.reshape(-1, hidden_np.shape[-1]))
             logit = logit_rows(values, ids, lse, capture)
-            rows = []
+            rows, hidden_rows = [], []
             for b in range(batch.shape[0]):
                 i = start + b
                 positions = np.union1d(full[i], posonly[i]).astype(np.int32)
@@ -115,11 +129,18 @@ def cache_shard(
                     {
                         "seq_id": int(seq_ids[i]),
                         **logit[b],
+                    }
+                )
+                hidden_rows.append(
+                    {
+                        "seq_id": int(seq_ids[i]),
                         "sense_positions": positions,
                         "sense_hidden": hidden_np[b, positions].astype(np.float16).reshape(-1),
                     }
                 )
             groups.write(writer, pa.Table.from_pylist(rows, schema=schema))
+            if hidden_writer is not None:
+                hidden_writer.write_table(pa.Table.from_pylist(hidden_rows, schema=hidden_writer.schema))
             if progress is not None:
                 progress.update(batch.numel())
         groups.flush(writer)
@@ -129,6 +150,11 @@ def cache_shard(
 def shard_cache_name(shard_path: Path) -> str:
     """Cache shard file name for an annotated shard (train-00003.parquet -> cache-00003.parquet)."""
     return shard_path.name.replace("train-", "cache-")
+
+
+def shard_hidden_name(shard_path: Path) -> str:
+    """Hidden shard file name for an annotated shard (train-00003.parquet -> hidden-00003.parquet)."""
+    return shard_path.name.replace("train-", "hidden-")
 
 
 def cache_shard_and_sample(
@@ -142,34 +168,47 @@ def cache_shard_and_sample(
     device: str,
     progress: tqdm | None = None,
     block_influence_tokens: int = 0,
+    reservoir_memory_gb: float | None = None,
 ) -> dict[str, Any]:
-    """One shard of the teacher pass: ``out_dir/shards/cache-*.parquet`` + ``out_dir/parts/reservoir-<i>.parquet``;
-    with ``block_influence_tokens`` the result also holds the shard's block-influence sums.
+    """One shard of the teacher pass: ``out_dir/shards/cache-<i>.parquet``, ``out_dir/hidden/hidden-<i>.parquet``
+    and ``out_dir/parts/reservoir-<i>.parquet``; with ``block_influence_tokens`` the result also holds the
+    shard's block-influence sums.
 
-    The shard's reservoir is seeded by ``shard_index`` alone, so merging the parts in shard order
+    The shard's reservoir is seeded by ``shard_index`` alone and does not depend on ``reservoir_memory_gb`` (what
+    does not fit is spilled to ``out_dir/.spill``, removed before returning), so merging the parts in shard order
     (:mod:`dskd.teacher.reservoir_merge`) gives the same dictionary however shards were spread over workers.
     """
-    reservoir = Reservoir(cap=reservoir_cap, dim=capture["hidden_size"], seed=shard_index, dtype=np.float16)
+    spill = out_dir / ".spill"
+    budget = None if reservoir_memory_gb is None else int(reservoir_memory_gb * GIB)
+    reservoir = BoundedReservoir(reservoir_cap, capture["hidden_size"], shard_index, np.float16, budget, spill)
     influence = BlockInfluence(len(decoder_layers(model))) if block_influence_tokens else None
     # Sampled-KD draws: seeded by (cache seed, shard index) alone, so any worker count draws the same ids.
     generator = torch.Generator(device=device).manual_seed(capture.get("seed", 0) * 1_000_003 + shard_index)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
-    rows = cache_shard(
-        model,
-        shard_path,
-        out_dir / "shards" / shard_cache_name(shard_path),
-        reservoir,
-        capture,
-        batch_size,
-        device,
-        progress,
-        influence,
-        block_influence_tokens,
-        generator,
-    )
-    write_reservoir(reservoir_rows(reservoir), out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet")
-    done: dict[str, Any] = {"shard": shard_index, "rows": rows}
+    (out_dir / "hidden").mkdir(parents=True, exist_ok=True)
+    try:
+        rows = cache_shard(
+            model,
+            shard_path,
+            out_dir / "shards" / shard_cache_name(shard_path),
+            reservoir,
+            capture,
+            batch_size,
+            device,
+            progress,
+            influence,
+            block_influence_tokens,
+            generator,
+            hidden_path=out_dir / "hidden" / shard_hidden_name(shard_path),
+        )
+        part = out_dir / "parts" / f"reservoir-{shard_index:05d}.parquet"
+        write_reservoir(reservoir.rows(), part, row_group_bytes(budget))
+        spilled = reservoir.spills
+    finally:
+        reservoir.close()
+        remove_spill_dir(spill)  # never committed with the shard's files
+    done: dict[str, Any] = {"shard": shard_index, "rows": rows, "reservoir_spill_runs": spilled}
     if influence is not None:
         done["block_influence"] = influence.to_json()
     return done
@@ -203,6 +242,7 @@ class TeacherPass:
             self.device,
             progress,
             self.section.get("block_influence_tokens", 0),
+            self.section.get("reservoir_memory_gb"),
         )
         return {**done, "device": self.device, "compute_dtype": self.dtype}
 
@@ -226,51 +266,3 @@ def staged_shards(staging_root: Path, n_shards: int) -> dict[int, dict[str, Any]
         for i, m in markers.items()
         if i < n_shards and m["result"].get("shard") == i
     }
-
-
-def reservoir_rows(reservoir: Reservoir) -> Iterator[tuple[int, np.ndarray, int]]:
-    """``(token_id, kept vectors, n_seen)`` of a live reservoir, by token id."""
-    seen = reservoir.n_seen()
-    for token_id, vectors in reservoir.items():
-        yield token_id, vectors, seen[token_id]
-
-
-def write_reservoir(rows: Iterable[tuple[int, np.ndarray, int]], out_path: Path) -> int:
-    """Persist reservoir rows (float16 vectors, flattened) to Parquet; returns the token count."""
-    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, compression="zstd", **PARQUET_WRITE) as writer:
-        batch: list[dict] = []
-        n_tokens = 0
-        for token_id, vectors, n_seen in rows:
-            batch.append(
-                {
-                    "token_id": int(token_id),
-                    "count": int(vectors.shape[0]),
-                    "n_seen": int(n_seen),
-                    "vectors": np.asarray(vectors, dtype=np.float16).reshape(-1),
-                }
-            )
-            n_tokens += 1
-            if len(batch) == 1024:
-                writer.write_table(pa.Table.from_pylist(batch, schema=RESERVOIR_SCHEMA))
-                batch = []
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=RESERVOIR_SCHEMA))
-    return n_tokens
-
-
-def reservoir_file_rows(path: Path, dim: int) -> Iterator[tuple[int, np.ndarray, int]]:
-    """``(token_id, vectors [n, dim] float16, n_seen)`` from a reservoir file, batch by batch."""
-    for batch in iter_batches(path, batch_size=512):
-        columns = (
-            batch.column("token_id").to_pylist(),
-            batch.column("vectors").to_numpy(zero_copy_only=False),
-            batch.column("n_seen").to_pylist(),
-        )
-        for token_id, vectors, n_seen in zip(*columns, strict=True):
-            yield token_id, np.asarray(vectors, dtype=np.float16).reshape(-1, dim), n_seen
-
-
-def read_reservoir(path: Path, dim: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Iterate (token_id, vectors [n, dim] float32) from a reservoir file, batch by batch."""
-    for token_id, vectors, _ in reservoir_file_rows(path, dim):
-        yield token_id, vectors.astype(np.float32)

@@ -10,12 +10,14 @@ Never more than ``a`` keeps: ``take_a <= min(n_a, m) <= min(n_a, cap) = len(a)``
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["merge_reservoir_parts", "merge_samples", "part_paths"]
+__all__ = ["merge_batch_rows", "merge_reservoir_parts", "merge_samples", "part_paths"]
 
 
 def merge_samples(
@@ -36,22 +38,27 @@ def merge_samples(
 def merge_reservoir_parts(
     parts: Iterable[Iterable[tuple[int, np.ndarray, int]]], cap: int, seed: int = 0
 ) -> Iterator[tuple[int, np.ndarray, int]]:
-    """Fold parts (each yielding ``(token_id, kept [n, d], n_seen)``) in the given order; yield merged rows by id.
+    """Merge parts (each yielding ``(token_id, kept [n, d], n_seen)`` by increasing token id); yield merged rows
+    by token id.
 
-    Deterministic in ``seed`` and the order of ``parts`` (pass them in shard order, not completion order).
-    Memory: the merged reservoir, at most ``cap`` vectors per distinct token (as for a single stream).
+    A streaming k-way merge: for each token id, its rows are folded in part order (pass the parts in shard order,
+    not completion order). Deterministic in ``seed`` and that order. Memory: one read batch per part plus one
+    token's rows, not the merged reservoir (O(distinct tokens x cap x d) for a large teacher).
     """
     rng = np.random.default_rng(seed)
-    merged: dict[int, tuple[np.ndarray, int]] = {}
-    for part in parts:
-        for token_id, vectors, n_seen in part:
-            if token_id in merged:
-                merged[token_id] = merge_samples(*merged[token_id], vectors, n_seen, cap, rng)
-            else:
-                merged[token_id] = (vectors, n_seen)
-    for token_id in sorted(merged):
-        vectors, n_seen = merged[token_id]
-        yield token_id, vectors, n_seen
+    tagged = [((t, i, v, s) for t, v, s in part) for i, part in enumerate(parts)]
+    stream = heapq.merge(*tagged, key=lambda row: (row[0], row[1]))
+    for token_id, group in itertools.groupby(stream, key=lambda row: row[0]):
+        rows = iter(group)
+        _, _, vectors, n_seen = next(rows)
+        for _, _, more, n_more in rows:
+            vectors, n_seen = merge_samples(vectors, n_seen, more, n_more, cap, rng)
+        yield int(token_id), vectors, n_seen
+
+
+def merge_batch_rows(memory_bytes: int, n_parts: int, cap: int, dim: int) -> int:
+    """Rows to read per part so that one batch of every part fits ``memory_bytes`` (at least 1)."""
+    return max(1, int(memory_bytes) // max(1, n_parts * cap * dim * 2))
 
 
 def part_paths(parts_dir: Path) -> list[Path]:

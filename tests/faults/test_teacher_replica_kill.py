@@ -72,8 +72,10 @@ def test_lost_replica_shard_is_redone(tiny_teacher_dir, tmp_path):
             teacher.cache(i, shard, ref)
     finally:
         torch.set_num_threads(threads)
-    names = [f"shards/cache-{i:05d}.parquet" for i in range(N_SHARDS)] + [
-        f"parts/reservoir-{i:05d}.parquet" for i in range(N_SHARDS)
+    names = [
+        f"{kind}-{i:05d}.parquet"
+        for kind in ("shards/cache", "hidden/hidden", "parts/reservoir")
+        for i in range(N_SHARDS)
     ]
     differ = [n for n in names if sha256_file(staging / n) != sha256_file(ref / n)]
     print(

@@ -1,4 +1,5 @@
-"""Teacher cache: Parquet round trip against a direct forward pass, schema/capture checks, reservoir file."""
+"""Teacher cache: Parquet round trip against a direct forward pass, schema/capture/format checks, reservoir file;
+hidden states in their own shard, read back or regenerated the same."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import torch
 from dskd.data.annotate import TRAIN_SCHEMA, write_shards
 from dskd.senses.dictionary import Reservoir
 from dskd.teacher.cache import cache_shard, read_reservoir, reservoir_rows, write_reservoir
+from dskd.teacher.hidden import read_hidden_shard, regenerate_hidden
 from dskd.teacher.model import final_hidden_and_logits, load_causal_lm
-from dskd.teacher.schema import capture_of, check_capture
+from dskd.teacher.schema import CACHE_FORMAT, capture_of, check_capture, check_format
 from tests.annotated import random_annotated_rows
 
 L, K, T = 12, 4, 2.0
@@ -24,14 +26,16 @@ def cached(tiny_teacher_dir, tmp_path_factory):
     write_shards(rows, TRAIN_SCHEMA, tmp / "ann", "train", 8)
     model = load_causal_lm(tiny_teacher_dir)
     capture = {"vocab_size": 49152, "topk": K, "kd_temperature": T, "hidden_size": 64, "teacher_key": "t"}
+    capture["format"] = CACHE_FORMAT
     reservoir = Reservoir(cap=3, dim=64)
-    n = cache_shard(model, tmp / "ann" / "train-00000.parquet", tmp / "c.parquet", reservoir, capture, 2, "cpu")
+    ann = tmp / "ann" / "train-00000.parquet"
+    n = cache_shard(model, ann, tmp / "c.parquet", reservoir, capture, 2, "cpu", hidden_path=tmp / "h.parquet")
     write_reservoir(reservoir_rows(reservoir), tmp / "r.parquet")
     return model, rows, pq.read_table(tmp / "c.parquet"), capture, n, tmp
 
 
 def test_round_trip_matches_forward(cached):
-    model, rows, table, _, n, _ = cached
+    model, rows, table, _, n, tmp = cached
     assert n == 3 and table.num_rows == 3
     ids = torch.tensor(np.stack([r["input_ids"] for r in rows]), dtype=torch.long)
     with torch.no_grad():
@@ -44,10 +48,22 @@ def test_round_trip_matches_forward(cached):
         np.testing.assert_allclose(got_vals, values[i].numpy(), rtol=2e-3, atol=2e-3)  # fp16 storage
         lse = np.asarray(table.column("lse")[i].values)
         np.testing.assert_allclose(lse, torch.logsumexp(logits[i] / T, -1).numpy(), rtol=1e-5)
-        # union of full {1,4} and positive-only {4,7}
-        assert table.column("sense_positions")[i].as_py() == [1, 4, 7]
-        got_h = np.asarray(table.column("sense_hidden")[i].values, dtype=np.float32).reshape(3, 64)
+    # The hidden states live in their own shard; the cache shard keeps only what training reads.
+    assert table.column_names == ["seq_id", "topk_ids", "topk_logits", "lse"]
+    hidden_rows = list(read_hidden_shard(tmp / "h.parquet", 64))
+    assert [r[0] for r in hidden_rows] == table.column("seq_id").to_pylist()
+    for i, (_, positions, got_h) in enumerate(hidden_rows):
+        assert positions.tolist() == [1, 4, 7]  # union of full {1,4} and positive-only {4,7}
         np.testing.assert_allclose(got_h, hidden[i, [1, 4, 7]].numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_regenerated_hidden_states_equal_the_stored_ones(cached):
+    model, _, _, _, _, tmp = cached
+    stored = list(read_hidden_shard(tmp / "h.parquet", 64))
+    regenerated = list(regenerate_hidden(model, tmp / "ann" / "train-00000.parquet", 2, "cpu"))
+    assert [(s, p.tolist()) for s, p, _ in regenerated] == [(s, p.tolist()) for s, p, _ in stored]
+    for (_, _, a), (_, _, b) in zip(stored, regenerated, strict=True):
+        np.testing.assert_array_equal(a, b)  # same batches, same device and dtype, same float16 rounding
 
 
 def test_schema_types_and_capture(cached):
@@ -63,6 +79,17 @@ def test_capture_mismatch_is_refused_with_the_difference(cached):
     _, _, table, capture, _, _ = cached
     with pytest.raises(ValueError, match=r"captured with topk=4 but this run needs 8") as err:
         check_capture({**capture, "topk": 8}, capture_of(table.schema))
+    assert "\n" not in str(err.value)
+
+
+def test_an_older_cache_format_is_refused_in_one_line(cached):
+    _, _, _, capture, _, _ = cached
+    old = {k: v for k, v in capture.items() if k != "format"}  # format 1 had no "format" field
+    for check in (lambda: check_capture(capture, old), lambda: check_format(old, "artifacts/teacher_cache/abc")):
+        with pytest.raises(ValueError, match=r"has format 1 .* made by an older version; rerun the teacher-cache"):
+            check()
+    with pytest.raises(ValueError, match=r"delete artifacts/teacher_cache/abc\)$") as err:
+        check_format(old, "artifacts/teacher_cache/abc")
     assert "\n" not in str(err.value)
 
 
