@@ -25,7 +25,7 @@ from dskd.teacher.kd_pack import (
     unpack,
 )
 from dskd.teacher.model import final_hidden_and_logits, load_causal_lm
-from dskd.teacher.schema import capture_of, check_capture
+from dskd.teacher.schema import CACHE_FORMAT, capture_of, check_capture
 from dskd.train.data import _row, collate
 from dskd.train.loop import compute_losses
 from dskd.train.losses import kd_loss, sampled_kd_loss
@@ -139,7 +139,7 @@ def test_encoding_mismatch_and_old_caches_are_refused_in_one_line():
     with pytest.raises(ValueError, match=r"packed layout"):
         check_encoding(packed, encoding_capture("packed", step=0.125))
     with pytest.raises(ValueError, match=r"captured with kd_encoding='fp16' but this run needs 'packed'"):
-        check_capture({"topk": 20, **packed}, {"topk": 20, **fp16})
+        check_capture({"topk": 20, "format": CACHE_FORMAT, **packed}, {"topk": 20, "format": CACHE_FORMAT, **fp16})
     with pytest.raises(ValueError, match=r"not one of"):
         encoding_capture("int4")
 
@@ -178,7 +178,7 @@ def shards(tiny_teacher_dir, tmp_path_factory):
 def test_packed_shard_columns_and_parquet_options(shards):
     _, _, paths = shards
     table = pq.read_table(paths["packed"])
-    assert table.schema.names == ["seq_id", *PACKED_COLUMNS, "sense_positions", "sense_hidden"]
+    assert table.schema.names == ["seq_id", *PACKED_COLUMNS]  # hidden states go to their own shards (scratch)
     assert all(table.schema.field(c).type == pa.binary() for c in PACKED_COLUMNS)
     assert capture_of(table.schema)["kd_encoding"] == "packed"
     meta = pq.ParquetFile(paths["packed"]).metadata
