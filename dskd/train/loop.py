@@ -123,6 +123,12 @@ def _save_checkpoint(path: Path, model, optimizer, projection, step: int, epoch:
 def _load_checkpoint(path: Path, model, optimizer, projection) -> tuple[int, int]:
     inner = getattr(model, "module", model)
     state = load_file(str(path / "trainable.safetensors"))
+    bad = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
+    if bad:  # a run that diverged before the non-finite-step guard existed: resuming it would only train NaN
+        raise ValueError(
+            f"checkpoint {path} holds non-finite weights ({bad[0]}, {len(bad)} tensors): the run it came from "
+            "diverged; delete the run's checkpoint dir under train.storage_path to restart it from step 0"
+        )
     proj = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("__projection__.")}
     inner.load_state_dict({k: v for k, v in state.items() if not k.startswith("__projection__.")}, strict=False)
     if projection is not None and proj:

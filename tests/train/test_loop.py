@@ -193,3 +193,16 @@ def test_non_finite_gradient_skips_the_step_then_fails_the_run(tiny_teacher_dir)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     with pytest.raises(FloatingPointError, match=r"training diverged: 4 optimizer steps .* lower train.lr"):
         step([batch], MAX_NONFINITE_STEPS, 0)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(tiny_teacher_dir, tmp_path: Path):
+    model = build_student(tiny_teacher_dir, n_layers=2, n_trainable=1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+    _save_checkpoint(tmp_path / "ck", model, opt, None, step=40, epoch=0)
+    fresh = build_student(tiny_teacher_dir, n_layers=2, n_trainable=1)
+    opt2 = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=1e-3)
+    with pytest.raises(ValueError, match=r"holds non-finite weights .* diverged; delete the run's checkpoint") as e:
+        _load_checkpoint(tmp_path / "ck", fresh, opt2, None)
+    assert "\n" not in str(e.value)
