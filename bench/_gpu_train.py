@@ -49,28 +49,12 @@ def flops_per_token(model, seq_len: int) -> float:
     return float(2 * n_all + 2 * n_through + 2 * n_train + attention)
 
 
-class _GpuContext:
-    """dskd.train.loop.WorkerContext for one process on ``device`` (rank 0 of 1; reports go nowhere)."""
-
-    rank, world_size = 0, 1
+class _GpuContext(C.LocalContext):
+    """bench/_common.py's single-process worker context, on ``device``."""
 
     def __init__(self, device: str, scratch: Path) -> None:
-        self.device, self._scratch = device, scratch
-
-    def prepare_model(self, model):
-        return model
-
-    def report(self, metrics, checkpoint_dir) -> None:
-        pass
-
-    def checkpoint_dir(self):
-        return None
-
-    def log_metrics(self, metrics, step) -> None:
-        pass
-
-    def scratch_dir(self) -> Path:
-        return self._scratch
+        super().__init__(scratch)
+        self.device = device
 
 
 def _batch(B: int, L: int, vocab: int, k: int, kappa: int, n_senses: int, per_seq: int, device: str):

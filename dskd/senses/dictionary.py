@@ -90,6 +90,17 @@ def _offsets_from_counts(counts: np.ndarray) -> np.ndarray:
     return offsets
 
 
+def offered_batch(token_ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids as flat int64, vectors) of one ``add`` call, checked: [n, dim] vectors, ids >= 0."""
+    tok = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    vec = np.asarray(vectors)
+    if vec.ndim != 2 or vec.shape != (tok.size, dim):
+        raise ValueError(f"vectors must be [{tok.size}, {dim}], got {vec.shape}")
+    if tok.size and tok.min() < 0:
+        raise ValueError("token ids must be >= 0")
+    return tok, vec
+
+
 class Reservoir:
     """Per-token uniform reservoir (Algorithm R) with at most ``cap`` vectors per token, fed in batches.
 
@@ -130,14 +141,9 @@ class Reservoir:
 
     def add(self, token_ids: np.ndarray, vectors: np.ndarray) -> None:
         """Offer ``vectors[j]`` under ``token_ids[j]`` for every j, in order (the stream order)."""
-        tok = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        vec = np.asarray(vectors)
-        if vec.ndim != 2 or vec.shape != (tok.size, self.dim):
-            raise ValueError(f"vectors must be [{tok.size}, {self.dim}], got {vec.shape}")
+        tok, vec = offered_batch(token_ids, vectors, self.dim)
         if tok.size == 0:
             return
-        if tok.min() < 0:
-            raise ValueError("token ids must be >= 0")
         slot = self._slots_for(tok)
 
         # Rank of each vector among the same token's vectors in this batch (stable = stream order).

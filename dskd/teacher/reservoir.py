@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dskd.senses.dictionary import offered_batch
 from dskd.store.integrity import PARQUET_WRITE, iter_batches
 from dskd.teacher.reservoir_spill import last_per_key, latest_writes, read_run, write_run
 from dskd.teacher.schema import RESERVOIR_SCHEMA
@@ -76,14 +77,9 @@ class BoundedReservoir:
 
     def add(self, token_ids: np.ndarray, vectors: np.ndarray) -> None:
         """Offer ``vectors[j]`` under ``token_ids[j]`` for every j, in order (the stream order)."""
-        tok = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        vec = np.asarray(vectors)
-        if vec.ndim != 2 or vec.shape != (tok.size, self.dim):
-            raise ValueError(f"vectors must be [{tok.size}, {self.dim}], got {vec.shape}")
+        tok, vec = offered_batch(token_ids, vectors, self.dim)
         if tok.size == 0:
             return
-        if tok.min() < 0:
-            raise ValueError("token ids must be >= 0")
         if int(tok.max()) >= self._seen.size:
             self._seen = np.concatenate([self._seen, np.zeros(int(tok.max()) + 1 - self._seen.size, np.int64)])
         # Rank of each vector among the same token's vectors in this batch (stable = stream order).
