@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,12 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
             client.log_metric(run_id, key, float(value), step=step)
 
 
+def tag_label(stage: str) -> str:
+    """A stage name as a valid MLflow tag-name part: "train:kd:0" -> "train.kd.0", "train:dskd@0.5:1" ->
+    "train.dskd_lam0.5.1" (MLflow allows alphanumerics, _ - . space / only)."""
+    return re.sub(r"[^\w\-. /]", "_", stage.replace(":", ".").replace("@", "_lam"))
+
+
 class ParentRun:
     """The flow run's MLflow parent run: full config as params, stage keys/status as tags, summary artifact."""
 
@@ -101,7 +108,7 @@ class ParentRun:
         return self
 
     def stage_done(self, stage: str, result: dict[str, Any], cached: bool) -> None:
-        label = stage.replace(":", ".")  # "train:kd:0" -> a valid MLflow tag name
+        label = tag_label(stage)
         self.client.set_tag(self.run_id, f"dskd.{label}.key", result["key"])
         status = "fetched" if result.get("fetched") else "cached" if cached else "computed"
         self.client.set_tag(self.run_id, f"dskd.{label}.status", status)
