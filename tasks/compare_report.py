@@ -11,6 +11,7 @@ from prefect import task
 from dskd.eval.arms import differences_table, paired_differences
 from dskd.eval.comparison import markdown_table, plot_loss_curves, plot_metric_bars, summarise
 from tasks.common import run_stage, stage_cache_policy
+from tasks.tracking import tag_label
 
 STAGE = "compare"
 
@@ -59,12 +60,13 @@ def compare_report(
         (tmp / "comparison.json").write_text(json.dumps(report, indent=2))
         plot_metric_bars(summary, tmp / "metric_bars.png")
         plot_loss_curves(histories, tmp / "loss_curves.png")
+        # MLflow names: "dskd@0.5" -> "dskd_lam0.5" (MLflow refuses "@").
         extra["metrics"] = {
-            f"{arm}.{k}": v[0] for arm, m in summary.items() for k, v in m.items() if isinstance(v, tuple)
+            f"{tag_label(arm)}.{k}": v[0] for arm, m in summary.items() for k, v in m.items() if isinstance(v, tuple)
         }
         for arm, ratio in overheads.items():
-            extra["metrics"][f"{arm}_over_kd_step_time"] = ratio
+            extra["metrics"][f"{tag_label(arm)}_over_kd_step_time"] = ratio
         for arm, diffs in paired.items():
-            extra["metrics"].update({f"{arm}_minus_kd.{k}": d["mean"] for k, d in diffs.items()})
+            extra["metrics"].update({f"{tag_label(arm)}_minus_kd.{k}": d["mean"] for k, d in diffs.items()})
 
     return run_stage(STAGE, section, upstream, home, parent_run_id, tracking_cfg, build, runtime=runtime)

@@ -55,22 +55,22 @@ def test_compare_flow(tiny_teacher_dir, tmp_path):
         "eval.probe_items=0",
     ]
     # Two arms x two seeds keep the test short; the CLI default is ce, kd, dskd x seeds 0, 1, 2.
-    summary = dskd_compare(None, overrides, ["kd", "dskd"], [0, 1])
+    summary = dskd_compare(None, overrides, ["kd", "dskd@0.5"], [0, 1])  # a λ arm: "@" must not reach MLflow names
     shared = [r for r in summary["stages"] if r["stage"] in {"teacher", "teacher_cache", "sense_index"}]
     assert len(shared) == 3  # each shared stage ran once for all four students
     trains = [r for r in summary["stages"] if r["stage"] == "train"]
     assert len(trains) == 4 and len({r["key"] for r in trains}) == 4
     report = Path(summary["report"])
     data = json.loads((report / "comparison.json").read_text())
-    assert sorted(data["summary"]) == ["dskd", "kd"]
-    assert [(r["arm"], r["seed"]) for r in data["runs"]] == [(a, s) for a in ("kd", "dskd") for s in (0, 1)]
+    assert sorted(data["summary"]) == ["dskd@0.5", "kd"]
+    assert [(r["arm"], r["seed"]) for r in data["runs"]] == [(a, s) for a in ("kd", "dskd@0.5") for s in (0, 1)]
     table = (report / "comparison.md").read_text()
-    assert "| dskd |" in table and "±" in table and "dskd step time / kd step time" in table
+    assert "| dskd@0.5 |" in table and "±" in table and "dskd@0.5 step time / kd step time" in table
     # the paired dskd - kd difference per seed, for every metric, equals the runs' own difference
     by = {(r["arm"], r["seed"]): r["metrics"] for r in data["runs"]}
-    ppl = data["paired_vs_kd"]["dskd"]["heldout_perplexity"]
-    expected = [by[("dskd", s)]["heldout_perplexity"] - by[("kd", s)]["heldout_perplexity"] for s in (0, 1)]
+    ppl = data["paired_vs_kd"]["dskd@0.5"]["heldout_perplexity"]
+    expected = [by[("dskd@0.5", s)]["heldout_perplexity"] - by[("kd", s)]["heldout_perplexity"] for s in (0, 1)]
     assert ppl["per_seed"] == pytest.approx(expected) and ppl["n"] == 2
-    assert "mc.arc_easy.acc" in data["paired_vs_kd"]["dskd"] and "step_seconds" in data["paired_vs_kd"]["dskd"]
-    assert "Paired per-seed differences, dskd − kd" in table
+    assert "mc.arc_easy.acc" in data["paired_vs_kd"]["dskd@0.5"] and "step_seconds" in data["paired_vs_kd"]["dskd@0.5"]
+    assert "Paired per-seed differences, dskd@0.5 − kd" in table
     assert (report / "metric_bars.png").stat().st_size > 0 and (report / "loss_curves.png").stat().st_size > 0
