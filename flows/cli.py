@@ -125,11 +125,12 @@ def print_samples(evaluate_dir: Path) -> None:
     path = evaluate_dir / "samples.json"
     if not path.is_file():
         return
+    from tasks.model_card import WHO  # the same (key, label) pairs as the model card's tables
+
     samples = json.loads(path.read_text())
-    labels = {"teacher": "teacher", "student_init": "untrained student", "student": "student"}
     for i, first in enumerate(samples.get("teacher", [])):
         console.print(f"[bold]{first['prompt']}[/bold] …")
-        for who, label in labels.items():
+        for who, label in WHO:
             if who in samples and i < len(samples[who]):
                 console.print(f"  {label:>17}: {samples[who][i]['continuation']!r}", markup=False, highlight=False)
 
