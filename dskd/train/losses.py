@@ -20,12 +20,19 @@ def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(mask, values, torch.zeros_like(values)).sum() / n.clamp_min(1)
 
 
+def _scaled(logits: Tensor, t: float) -> Tensor:
+    """``logits / t`` in float32; no copy at T = 1 (every full-vocabulary pass costs as much as the loss itself)."""
+    z = logits.float()
+    return z if t == 1.0 else z / t
+
+
 def _kept_log_probs(
-    student_logits: Tensor, teacher_logits: Tensor, ids: Tensor, teacher_lse: Tensor, t: float
+    z: Tensor, lse: Tensor, teacher_logits: Tensor, ids: Tensor, teacher_lse: Tensor, t: float
 ) -> tuple[Tensor, Tensor]:
-    """(log q_S, log p_T) at temperature ``t`` on the cached ids ``[N, k]``; p_T is exact thanks to the full-vocab
-    lse stored with the cache."""
-    q_logp = F.log_softmax(student_logits.float() / t, dim=-1).gather(-1, ids.long())
+    """(log q_S, log p_T) at temperature ``t`` on the cached ids ``[N, k]``, from the student's scaled logits ``z``
+    and their logsumexp ``lse`` (gathered, not a full log-softmax); p_T is exact thanks to the full-vocab lse stored
+    with the cache."""
+    q_logp = z.gather(-1, ids.long()) - lse.unsqueeze(-1)
     p_logp = teacher_logits.float() / t - teacher_lse.float().unsqueeze(-1)
     return q_logp, p_logp
 
@@ -55,7 +62,9 @@ def kd_loss(
     it is the KL between the two distributions coarsened to the k + 1 cells (a lower bound of the full KL).
     """
     t = float(temperature)
-    q_logp, p_logp = _kept_log_probs(student_logits, teacher_topk_logits, teacher_topk_ids, teacher_lse, t)
+    z = _scaled(student_logits, t)
+    lse = torch.logsumexp(z, -1)  # once, shared by the kept ids and the rest bucket
+    q_logp, p_logp = _kept_log_probs(z, lse, teacher_topk_logits, teacher_topk_ids, teacher_lse, t)
     p = p_logp.exp()
     kl = (p * (p_logp - q_logp)).sum(-1)  # [N]
     if teacher_topk_ids.shape[-1] < student_logits.shape[-1]:
@@ -64,9 +73,8 @@ def kd_loss(
         p_rest = (1.0 - p.sum(-1)).clamp_min(0.0)
         # log q_rest from the student's logits outside the k ids, not log(1 - Σq): when Σq rounds to 1 in float32
         # the latter is -inf with an inf/NaN gradient (it diverged a 96-step run); this is exact and always finite.
-        z = student_logits.float() / t
         outside = z.scatter(-1, teacher_topk_ids.long(), float("-inf"))
-        log_q_rest = torch.logsumexp(outside, -1) - torch.logsumexp(z, -1)
+        log_q_rest = torch.logsumexp(outside, -1) - lse
         kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
     return alpha * t * t * _masked_mean(kl, mask)
 
@@ -92,7 +100,10 @@ def sampled_kd_loss(
     Args: as :func:`kd_loss`; ``teacher_sampled_ids [N, k]`` may repeat; ``weights [N, k]`` sum to 1 per row.
     """
     t = float(temperature)
-    q_logp, p_logp = _kept_log_probs(student_logits, teacher_sampled_logits, teacher_sampled_ids, teacher_lse, t)
+    z = _scaled(student_logits, t)
+    q_logp, p_logp = _kept_log_probs(
+        z, torch.logsumexp(z, -1), teacher_sampled_logits, teacher_sampled_ids, teacher_lse, t
+    )
     if weights is None:
         weights = torch.full_like(q_logp, 1.0 / q_logp.shape[-1])
     kl = (weights.float() * (p_logp - q_logp)).sum(-1)
