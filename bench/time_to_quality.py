@@ -99,6 +99,14 @@ def main() -> None:
         t0 = time.perf_counter()
         run_training(job, ctx, on_step)
         wall = time.perf_counter() - t0
+        # What the pipeline registers: the final student is saved in bf16 (train loop's _finish).
+        import copy
+
+        import torch
+
+        saved = copy.deepcopy(ctx.model).to(torch.bfloat16).to(torch.float32)
+        saved_ppl = heldout_metrics(saved, heldout)["heldout_perplexity"]
+        C.log(f"after a bf16 round trip (as saved): held-out ppl {saved_ppl:.2f}")
     ratio = curve[-1]["ppl"] / teacher_ppl
     details = {
         "teacher_ppl": teacher_ppl,
@@ -110,6 +118,7 @@ def main() -> None:
         "batch_sequences": cfg.train.batch_size,
         "lr_total": train["lr"],
         "wall_seconds": round(wall, 1),
+        "ppl_after_bf16_save": round(saved_ppl, 2),
     }
     print("DETAILS " + json.dumps(details))
     print(f"RESULT measure=student_ppl_over_teacher value={ratio:.4f} target=<=2.0 pass={str(ratio <= 2.0).lower()}")
