@@ -20,10 +20,13 @@ def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(mask, values, torch.zeros_like(values)).sum() / n.clamp_min(1)
 
 
-def _scaled(logits: Tensor, t: float) -> Tensor:
-    """``logits / t`` in float32; no copy at T = 1 (every full-vocabulary pass costs as much as the loss itself)."""
+def _scaled_with_lse(logits: Tensor, t: float) -> tuple[Tensor, Tensor]:
+    """(``logits / t`` in float32, its logsumexp over the vocabulary): computed once per loss, since each pass over
+    ``[N, V]`` is a large share of the loss's cost; no copy at T = 1."""
     z = logits.float()
-    return z if t == 1.0 else z / t
+    if t != 1.0:
+        z = z / t
+    return z, torch.logsumexp(z, -1)
 
 
 def _kept_log_probs(
@@ -62,8 +65,7 @@ def kd_loss(
     it is the KL between the two distributions coarsened to the k + 1 cells (a lower bound of the full KL).
     """
     t = float(temperature)
-    z = _scaled(student_logits, t)
-    lse = torch.logsumexp(z, -1)  # once, shared by the kept ids and the rest bucket
+    z, lse = _scaled_with_lse(student_logits, t)  # shared by the kept ids and the rest bucket
     q_logp, p_logp = _kept_log_probs(z, lse, teacher_topk_logits, teacher_topk_ids, teacher_lse, t)
     p = p_logp.exp()
     kl = (p * (p_logp - q_logp)).sum(-1)  # [N]
@@ -100,10 +102,8 @@ def sampled_kd_loss(
     Args: as :func:`kd_loss`; ``teacher_sampled_ids [N, k]`` may repeat; ``weights [N, k]`` sum to 1 per row.
     """
     t = float(temperature)
-    z = _scaled(student_logits, t)
-    q_logp, p_logp = _kept_log_probs(
-        z, torch.logsumexp(z, -1), teacher_sampled_logits, teacher_sampled_ids, teacher_lse, t
-    )
+    z, lse = _scaled_with_lse(student_logits, t)
+    q_logp, p_logp = _kept_log_probs(z, lse, teacher_sampled_logits, teacher_sampled_ids, teacher_lse, t)
     if weights is None:
         weights = torch.full_like(q_logp, 1.0 / q_logp.shape[-1])
     kl = (weights.float() * (p_logp - q_logp)).sum(-1)
