@@ -70,7 +70,9 @@ def main() -> None:
         train_seconds = 0.0
 
         def prepare_model(self, model):
-            self.model = model
+            from dskd.train.forward import language_model
+
+            self.model = language_model(model)  # the HF student inside the loop's training forward
             return model
 
         def log_metrics(self, metrics, step) -> None:

@@ -21,6 +21,7 @@ from transformers import get_cosine_schedule_with_warmup
 from dskd.senses.dictionary import SenseTable
 from dskd.store.remote import ArtifactStore
 from dskd.train.data import Batch, collate, count_rows, iter_rows, shard_paths
+from dskd.train.forward import HiddenAndLogits, language_model, training_forward
 from dskd.train.losses import SenseProjection, ce_loss, kd_loss, sampled_kd_loss, sense_loss
 from dskd.train.student import build_student_from_section, trainable_state
 
@@ -67,9 +68,8 @@ def compute_losses(
     kd_mode: str = "topk",
 ) -> dict[str, torch.Tensor]:
     """Loss terms for one batch; ``total`` is the one to backpropagate."""
-    inner = getattr(model, "module", model)  # DDP wraps the HF model
-    hidden = inner.get_decoder()(input_ids=batch.input_ids).last_hidden_state  # post final norm
-    logits = inner.get_output_embeddings()(hidden)
+    # Through the (DDP-wrapped) module's own forward: DDP all-reduces gradients only after that (forward.py).
+    hidden, logits = training_forward(model)(batch.input_ids)  # hidden: post final norm
     # Position t predicts input_ids[t+1]: the last position has no target.
     logits_t = logits[:, :-1].reshape(-1, logits.shape[-1])
     targets = batch.input_ids[:, 1:].reshape(-1)
@@ -105,8 +105,7 @@ def compute_losses(
 
 def _save_checkpoint(path: Path, model, optimizer, projection, step: int, epoch: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    inner = getattr(model, "module", model)
-    state = trainable_state(inner)
+    state = trainable_state(language_model(model))
     if projection is not None:
         state.update({f"__projection__.{k}": v for k, v in projection.state_dict().items()})
     save_file(state, str(path / "trainable.safetensors"))
@@ -121,7 +120,7 @@ def _save_checkpoint(path: Path, model, optimizer, projection, step: int, epoch:
 
 
 def _load_checkpoint(path: Path, model, optimizer, projection) -> tuple[int, int]:
-    inner = getattr(model, "module", model)
+    inner = language_model(model)
     state = load_file(str(path / "trainable.safetensors"))
     bad = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
     if bad:  # a run that diverged before the non-finite-step guard existed: resuming it would only train NaN
@@ -164,7 +163,7 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
                     "set student.project_to_teacher=true to learn a projection for the sense loss"
                 )
             projection = SenseProjection(model.config.hidden_size, senses.shape[1]).to(ctx.device)
-    model = ctx.prepare_model(model)
+    model = ctx.prepare_model(HiddenAndLogits(model))  # DDP around the forward the loss runs (forward.py)
     params = [p for p in model.parameters() if p.requires_grad]
     if projection is not None:
         params += list(projection.parameters())
@@ -314,7 +313,7 @@ def _finish(model, projection, ctx: WorkerContext, step: int, history: list[dict
     checkpoint = None
     if ctx.rank == 0:
         checkpoint = ctx.scratch_dir() / "final"
-        inner = getattr(model, "module", model)
+        inner = language_model(model)
         # Saved in the teacher's storage dtype: half the bytes of fp32, same as the teacher on disk.
         inner.to(torch.bfloat16).save_pretrained(checkpoint / "student", safe_serialization=True)
         if projection is not None:
