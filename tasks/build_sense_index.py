@@ -93,7 +93,11 @@ def _candidates_for_shard(
     return pa.Table.from_pylist(rows, schema=CANDIDATES_SCHEMA), pos_rows, neg_rows
 
 
-@task(cache_policy=stage_cache_policy(STAGE), persist_result=True, result_serializer="json")
+@task(
+    cache_policy=stage_cache_policy(STAGE, consumes_scratch_of=CACHE_STAGE),
+    persist_result=True,
+    result_serializer="json",
+)
 def build_sense_index(
     section: dict[str, Any],
     upstream: dict[str, str],

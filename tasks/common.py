@@ -14,6 +14,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from dskd.store.artifacts import artifact_dir, is_complete, stage_key, write_artifact
 from dskd.store.integrity import verify_consumed
 from dskd.store.remote import ArtifactStore
+from dskd.store.scratch import scratch_dir
 from tasks import tracking
 
 
@@ -28,24 +29,34 @@ class ArtifactPresent(CachePolicy):
     """
 
     stage: str = ""
+    # An upstream stage whose scratch area this stage consumes and deletes: while that scratch exists (the upstream
+    # was rebuilt under the same key after this stage's artifact was made) the key misses, so the task runs, finds
+    # its artifact complete and deletes the scratch instead of leaving it on disk for good.
+    consumes_scratch_of: str = ""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters, **kwargs) -> str | None:
         key = stage_key(self.stage, inputs["section"], inputs["upstream"])
         storage_uri = (inputs.get("runtime") or {}).get("storage_uri")
         published = not storage_uri or ArtifactStore(storage_uri).has(self.stage, key)
-        if published and is_complete(artifact_dir(inputs["home"], self.stage, key)):
+        pending = self.consumes_scratch_of and scratch_dir(
+            inputs["home"], self.consumes_scratch_of, inputs["upstream"][self.consumes_scratch_of]
+        ).exists()
+        if published and not pending and is_complete(artifact_dir(inputs["home"], self.stage, key)):
             return f"{self.stage}:{key}:present"
         return f"{self.stage}:{key}:missing:{uuid.uuid4().hex}"
 
 
-def stage_cache_policy(stage: str) -> CachePolicy:
-    """Key = INPUTS (section, upstream keys, home) + TASK_SOURCE + artifact presence.
+def stage_cache_policy(stage: str, consumes_scratch_of: str = "") -> CachePolicy:
+    """Key = INPUTS (section, upstream keys, home) + TASK_SOURCE + artifact presence (and, with
+    ``consumes_scratch_of``, the absence of that upstream stage's scratch area: see :class:`ArtifactPresent`).
 
     The MLflow parent run id, tracking settings and ``runtime`` (where a stage runs: workers, Ray address) are
     excluded: they change per run, user or cluster and do not change what the stage computes. (Subtract them from
     INPUTS itself: subtracting from the compound policy would add a second, unfiltered INPUTS.)
     """
-    return (INPUTS - "parent_run_id" - "tracking_cfg" - "runtime") + TASK_SOURCE + ArtifactPresent(stage=stage)
+    return (INPUTS - "parent_run_id" - "tracking_cfg" - "runtime") + TASK_SOURCE + ArtifactPresent(
+        stage=stage, consumes_scratch_of=consumes_scratch_of
+    )
 
 
 def run_stage(

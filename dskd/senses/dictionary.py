@@ -101,6 +101,18 @@ def offered_batch(token_ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple
     return tok, vec
 
 
+def stream_positions(keys: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Each offered vector's 0-based position in its key's stream (``seen[key]`` before it + its rank among the
+    batch's vectors of that key, stable = stream order); ``seen`` is advanced by the batch's counts in place."""
+    uniq, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    order = np.argsort(inv, kind="stable")
+    rank = np.empty(keys.size, dtype=np.int64)
+    rank[order] = np.arange(keys.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    positions = seen[keys] + rank
+    seen[uniq] += counts
+    return positions
+
+
 class Reservoir:
     """Per-token uniform reservoir (Algorithm R) with at most ``cap`` vectors per token, fed in batches.
 
@@ -146,13 +158,7 @@ class Reservoir:
             return
         slot = self._slots_for(tok)
 
-        # Rank of each vector among the same token's vectors in this batch (stable = stream order).
-        uniq_slots, inv, counts = np.unique(slot, return_inverse=True, return_counts=True)
-        order = np.argsort(inv, kind="stable")
-        rank = np.empty(tok.size, dtype=np.int64)
-        rank[order] = np.arange(tok.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        idx = self._seen[slot] + rank  # 0-based position of each vector in its token's stream
-        self._seen[uniq_slots] += counts
+        idx = stream_positions(slot, self._seen)  # 0-based position of each vector in its token's stream
 
         # Still filling: kept outright. Written before any replacement (they come earlier in the stream).
         fill = np.flatnonzero(idx < self.cap)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from dskd.store.integrity import PARQUET_WRITE, read_table
 from dskd.store.staging import UnitStaging
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
+from dskd.teacher.host_writer import HostWriter
 from dskd.teacher.kd_pack import RowGroupBuffer, logit_rows, with_logit_fields, writer_options
 from dskd.teacher.model import (
     decoder_layers,
@@ -88,11 +89,14 @@ def cache_shard(
     block_influence_tokens: int = 0,
     generator: torch.Generator | None = None,
     hidden_path: Path | None = None,
+    overlap: bool = True,
 ) -> int:
     """Run the teacher over one annotated shard; write its cache shard (and, with ``hidden_path``, its hidden
     shard); feed the reservoir (a :class:`BoundedReservoir` or a ``Reservoir``). Returns rows.
 
     The first ``block_influence_tokens`` positions of the shard also feed ``block_influence`` (layer hooks).
+    ``overlap``: the host work (reservoir, encoding, Parquet writes) on a writer thread behind the next forward
+    (:mod:`dskd.teacher.host_writer`); False runs it inline. The files are the same either way.
     """
     table = read_table(shard_path)
     seq_ids = table.column("seq_id").to_numpy()
@@ -112,25 +116,18 @@ def cache_shard(
         pq.ParquetWriter(out_path, schema, **{**options, **writer_options(capture)}) as writer,
         hidden_writer or nullcontext(),
     ):
-        for start in range(0, len(seq_ids), batch_size):
-            batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
-            measure = block_influence is not None and block_influence.count < block_influence_tokens
-            with measure_block_influence(model, block_influence) if measure else nullcontext():
-                values, ids, lse, argmax, hidden = teacher_outputs(model, batch, topk, temperature, kd_mode, generator)
+
+        def host_work(item: tuple[int, tuple[torch.Tensor, ...]]) -> None:
+            start, (values, ids, lse, argmax, hidden) = item
             hidden_np = hidden.cpu().numpy()
             # Dictionary: file each vector under the token the teacher PREDICTS there (method.md §1).
             reservoir.add(argmax.cpu().numpy().reshape(-1), hidden_np.reshape(-1, hidden_np.shape[-1]))
             logit = logit_rows(values, ids, lse, capture)
             rows, hidden_rows = [], []
-            for b in range(batch.shape[0]):
+            for b in range(hidden_np.shape[0]):
                 i = start + b
                 positions = np.union1d(full[i], posonly[i]).astype(np.int32)
-                rows.append(
-                    {
-                        "seq_id": int(seq_ids[i]),
-                        **logit[b],
-                    }
-                )
+                rows.append({"seq_id": int(seq_ids[i]), **logit[b]})
                 hidden_rows.append(
                     {
                         "seq_id": int(seq_ids[i]),
@@ -141,8 +138,17 @@ def cache_shard(
             groups.write(writer, pa.Table.from_pylist(rows, schema=schema))
             if hidden_writer is not None:
                 hidden_writer.write_table(pa.Table.from_pylist(hidden_rows, schema=hidden_writer.schema))
-            if progress is not None:
-                progress.update(batch.numel())
+
+        # Host work of batch i on the writer thread while batch i+1's forward runs (same order: same bytes).
+        with HostWriter(host_work, overlap=overlap) as host:
+            for start in range(0, len(seq_ids), batch_size):
+                batch = torch.from_numpy(input_ids[start : start + batch_size]).to(device)
+                measure = block_influence is not None and block_influence.count < block_influence_tokens
+                with measure_block_influence(model, block_influence) if measure else nullcontext():
+                    outputs = teacher_outputs(model, batch, topk, temperature, kd_mode, generator)
+                host.submit((start, outputs))
+                if progress is not None:
+                    progress.update(batch.numel())
         groups.flush(writer)
     return len(seq_ids)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dskd.senses.dictionary import offered_batch
+from dskd.senses.dictionary import offered_batch, stream_positions
 from dskd.store.integrity import PARQUET_WRITE, iter_batches
 from dskd.teacher.reservoir_spill import last_per_key, latest_writes, read_run, write_run
 from dskd.teacher.schema import RESERVOIR_SCHEMA
@@ -82,13 +82,7 @@ class BoundedReservoir:
             return
         if int(tok.max()) >= self._seen.size:
             self._seen = np.concatenate([self._seen, np.zeros(int(tok.max()) + 1 - self._seen.size, np.int64)])
-        # Rank of each vector among the same token's vectors in this batch (stable = stream order).
-        uniq, inv, counts = np.unique(tok, return_inverse=True, return_counts=True)
-        order = np.argsort(inv, kind="stable")
-        rank = np.empty(tok.size, dtype=np.int64)
-        rank[order] = np.arange(tok.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        idx = self._seen[tok] + rank
-        self._seen[uniq] += counts
+        idx = stream_positions(tok, self._seen)
         fill = np.flatnonzero(idx < self.cap)  # kept outright, logged before this batch's replacements
         self._append(tok[fill], idx[fill], vec[fill])
         rep = np.flatnonzero(idx >= self.cap)

@@ -168,3 +168,29 @@ def test_an_older_cache_is_refused_with_a_one_line_rerun_hint(staged):
     with pytest.raises(ValueError, match=r"made by an older version; rerun the teacher-cache stage \(delete ") as err:
         staged["index"]()
     assert "\n" not in str(err.value) and staged["cache"]["key"] in str(err.value)
+
+
+def test_a_cached_sense_index_still_deletes_a_rebuilt_caches_scratch(tmp_path: Path):
+    """The teacher cache rebuilt under the same key (its artifact was deleted) publishes a new scratch area while
+    the sense index is complete: the sense index's cache key misses while that scratch exists, so its task runs,
+    reuses its artifact and deletes the scratch, instead of a Prefect cache hit leaving it on disk for good."""
+    from dskd.store.artifacts import stage_key
+    from tasks.build_sense_index import build_sense_index
+    from tasks.common import ArtifactPresent, stage_cache_policy
+
+    section, upstream = {"k": 2}, {"lexicon": "l0", "annotate": "a0", "teacher_cache": "c0"}
+    with write_artifact(tmp_path, "sense_index", stage_key("sense_index", section, upstream), section, upstream) as (
+        tmp,
+        _,
+    ):
+        (tmp / "senses.safetensors").write_bytes(b"")
+    inputs = {"section": section, "upstream": upstream, "home": str(tmp_path)}
+    compound = stage_cache_policy("sense_index", consumes_scratch_of="teacher_cache")
+    (policy,) = [p for p in compound.policies if isinstance(p, ArtifactPresent)]
+    assert policy.compute_key(None, inputs, {}).endswith(":present")
+    scratch = scratch_dir(tmp_path, "teacher_cache", "c0")
+    (scratch / "hidden").mkdir(parents=True)
+    assert ":missing:" in policy.compute_key(None, inputs, {})  # the task runs ...
+    result = build_sense_index.fn(section, upstream, str(tmp_path), TRACKING, None, {})
+    assert not result["computed"] and not scratch.exists()  # ... reuses its artifact and deletes the scratch
+    assert policy.compute_key(None, inputs, {}).endswith(":present")
