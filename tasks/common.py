@@ -38,9 +38,8 @@ class ArtifactPresent(CachePolicy):
         key = stage_key(self.stage, inputs["section"], inputs["upstream"])
         storage_uri = (inputs.get("runtime") or {}).get("storage_uri")
         published = not storage_uri or ArtifactStore(storage_uri).has(self.stage, key)
-        pending = self.consumes_scratch_of and scratch_dir(
-            inputs["home"], self.consumes_scratch_of, inputs["upstream"][self.consumes_scratch_of]
-        ).exists()
+        consumed = self.consumes_scratch_of
+        pending = bool(consumed) and scratch_dir(inputs["home"], consumed, inputs["upstream"][consumed]).exists()
         if published and not pending and is_complete(artifact_dir(inputs["home"], self.stage, key)):
             return f"{self.stage}:{key}:present"
         return f"{self.stage}:{key}:missing:{uuid.uuid4().hex}"
@@ -54,8 +53,10 @@ def stage_cache_policy(stage: str, consumes_scratch_of: str = "") -> CachePolicy
     excluded: they change per run, user or cluster and do not change what the stage computes. (Subtract them from
     INPUTS itself: subtracting from the compound policy would add a second, unfiltered INPUTS.)
     """
-    return (INPUTS - "parent_run_id" - "tracking_cfg" - "runtime") + TASK_SOURCE + ArtifactPresent(
-        stage=stage, consumes_scratch_of=consumes_scratch_of
+    return (
+        (INPUTS - "parent_run_id" - "tracking_cfg" - "runtime")
+        + TASK_SOURCE
+        + ArtifactPresent(stage=stage, consumes_scratch_of=consumes_scratch_of)
     )
 
 
