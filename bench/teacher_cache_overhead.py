@@ -6,10 +6,13 @@ manifest's sha256s and its MLflow run; a fresh artifact key per repeat, deleted 
 ``model(input_ids).logits`` loop over the same batches with the same dtype and batch size on an already loaded
 teacher. The stage's own loop (``cache_shard_and_sample`` + ``write_reservoir``) is timed inside the task by
 wrapping those two functions, so the details split the ratio into per-batch overhead and fixed (per-run) overhead.
+A third variant, (c) the same stage with its host work inline (``cache_shard(overlap=False)``), shows what the
+writer thread behind the forward (:mod:`dskd.teacher.host_writer`) buys: ``inline_ratio`` vs the RESULT's ratio.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 import uuid
@@ -72,22 +75,28 @@ def main() -> None:
 
     pass_mod.cache_shard_and_sample, stage_mod.write_reservoir = timed(real_cache_shard), timed(real_write_reservoir)
     loops: list[float] = []
+    inline_loops: list[float] = []
     home, tracking_cfg = str(cfg.home_path), cfg.tracking.model_dump()
     upstream = {"teacher": stages["teacher"]["key"], "annotate": stages["annotate"]["key"]}
 
-    def stage() -> None:
+    real_shard = pass_mod.cache_shard
+
+    def stage(overlap: bool = True) -> None:
         inner["loop"] = 0.0
+        pass_mod.cache_shard = real_shard if overlap else functools.partial(real_shard, overlap=False)
         # A nonce in the section gives a fresh artifact key (the stage never reads it): a real compute, no reuse.
         res = stage_mod.cache_teacher_outputs.fn(
             {**section, "bench_nonce": uuid.uuid4().hex}, upstream, home, tracking_cfg, None
         )
-        loops.append(inner["loop"])
+        pass_mod.cache_shard = real_shard
+        (loops if overlap else inline_loops).append(inner["loop"])
         shutil.rmtree(res["path"], ignore_errors=True)
 
     # Warm-up: one bare batch (the stage's first call pays for nothing the bench has not already imported).
     with torch.inference_mode():
         model(input_ids=batches[0]).logits  # noqa: B018
-    times = C.interleave({"bare_forward": bare, "cache_stage": stage}, repeats, warmup=0)
+    variants = {"bare_forward": bare, "cache_stage": stage, "cache_stage_inline": lambda: stage(overlap=False)}
+    times = C.interleave(variants, repeats, warmup=0)
     t_bare, t_stage = C.median(times["bare_forward"]), C.median(times["cache_stage"])
     t_loop = C.median(loops)
     ratio = t_stage / t_bare
@@ -107,6 +116,9 @@ def main() -> None:
             "cache_stage_s": times["cache_stage"],
             "stage_loop_s": loops,
             "loop_ratio": t_loop / t_bare,
+            "cache_stage_inline_s": times["cache_stage_inline"],
+            "inline_ratio": C.median(times["cache_stage_inline"]) / t_bare,
+            "inline_loop_ratio": C.median(inline_loops) / t_bare,
             "fixed_overhead_s": t_stage - t_loop,
             "bare_tokens_per_s": n_tokens / t_bare,
             "stage_tokens_per_s": n_tokens / t_stage,

@@ -81,8 +81,11 @@ def clean_finished_run(storage_path: str, run_name: str, keep: int) -> None:
 class RayWorkerContext:
     """WorkerContext backed by ray.train: rank/world, DDP preparation, checkpoint report/restore."""
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None, progress=None) -> None:
+    def __init__(
+        self, tracking_uri: str | None, run_id: str | None, progress=None, scratch_root: str | None = None
+    ) -> None:
         ctx = ray.train.get_context()
+        self._scratch_root = scratch_root  # checkpoint scratch dirs go under it (None: the system temp dir)
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = str(ray.train.torch.get_device())
@@ -139,13 +142,17 @@ class RayWorkerContext:
         self._client.log_batch(self._run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def scratch_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="dskd-ckpt-"))
+        return Path(tempfile.mkdtemp(prefix="dskd-ckpt-", dir=self._scratch_root))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point on every worker."""
-    ctx = RayWorkerContext(config.get("tracking_uri"), config.get("mlflow_run_id"), config.get("progress"))
-    run_training(TrainJob(**config["job"]), ctx)
+    """Ray Train entry point on every worker. Checkpoint scratch dirs live under one temp dir of this worker,
+    removed when it returns or raises: report() removes each after persisting it, this catches the ones a failed
+    step or report left (a SIGKILLed worker still leaves its own)."""
+    with tempfile.TemporaryDirectory(prefix="dskd-worker-") as root:
+        progress = config.get("progress")
+        ctx = RayWorkerContext(config.get("tracking_uri"), config.get("mlflow_run_id"), progress, scratch_root=root)
+        run_training(TrainJob(**config["job"]), ctx)
 
 
 def init_ray(address: str | None, num_cpus: int, temp_dir: Path) -> bool:
