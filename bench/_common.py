@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 # Timing, spread, machine facts and the RESULT line live in _timing; re-exported here (scripts use C.median etc.).
-from _timing import (  # noqa: E402, F401
+from _timing import (  # noqa: F401
     interleave,
     leaked_checkpoints,
     loadavg,

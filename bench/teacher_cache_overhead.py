@@ -84,11 +84,13 @@ def main() -> None:
     def stage(overlap: bool = True) -> None:
         inner["loop"] = 0.0
         pass_mod.cache_shard = real_shard if overlap else functools.partial(real_shard, overlap=False)
-        # A nonce in the section gives a fresh artifact key (the stage never reads it): a real compute, no reuse.
-        res = stage_mod.cache_teacher_outputs.fn(
-            {**section, "bench_nonce": uuid.uuid4().hex}, upstream, home, tracking_cfg, None
-        )
-        pass_mod.cache_shard = real_shard
+        try:
+            # A nonce in the section gives a fresh artifact key (the stage never reads it): a real compute, no reuse.
+            res = stage_mod.cache_teacher_outputs.fn(
+                {**section, "bench_nonce": uuid.uuid4().hex}, upstream, home, tracking_cfg, None
+            )
+        finally:
+            pass_mod.cache_shard = real_shard
         (loops if overlap else inline_loops).append(inner["loop"])
         shutil.rmtree(res["path"], ignore_errors=True)
 

@@ -51,11 +51,15 @@ class HostWriter:
         else:
             self._queue.put(item)
 
-    def close(self) -> None:
-        """Wait until every submitted item is done; raise the thread's error if one occurred."""
+    def _stop(self) -> None:
+        """Let the thread finish what is queued, then join it (nothing to do inline or once stopped)."""
         if self._queue is not None and self._thread is not None and self._thread.is_alive():
             self._queue.put(_DONE)
             self._thread.join()
+
+    def close(self) -> None:
+        """Wait until every submitted item is done; raise the thread's error if one occurred."""
+        self._stop()
         self._raise_if_failed()
 
     def __enter__(self) -> HostWriter:
@@ -64,7 +68,6 @@ class HostWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        elif self._queue is not None and self._thread is not None and self._thread.is_alive():
-            self._error = self._error or exc  # stop working; the caller's exception propagates
-            self._queue.put(_DONE)
-            self._thread.join()
+        else:
+            self._error = self._error or exc  # the thread drains without working; the caller's exception propagates
+            self._stop()

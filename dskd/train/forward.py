@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from dskd.teacher.model import final_hidden_and_logits
+
 
 class HiddenAndLogits(torch.nn.Module):
     """``forward(input_ids) -> (last hidden state after the final norm, logits)`` of a HF causal LM."""
@@ -18,8 +20,7 @@ class HiddenAndLogits(torch.nn.Module):
         self.lm = lm
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.lm.get_decoder()(input_ids=input_ids).last_hidden_state
-        return hidden, self.lm.get_output_embeddings()(hidden)
+        return final_hidden_and_logits(self.lm, input_ids)
 
 
 def training_forward(model: torch.nn.Module) -> torch.nn.Module:
