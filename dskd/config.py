@@ -98,7 +98,9 @@ class CacheConfig(Section):
         "Parquet runs per shard (the sampled reservoir is the same for any budget, so not part of the cache key)",
     )
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="teacher forward dtype: auto = bf16/fp16 on GPU, fp32 on CPU"
+        "auto",
+        description="teacher forward dtype: auto = bf16 where the device has bf16 units (GPU, AVX512-BF16/AMX CPU), "
+        "fp16 on an older GPU, fp32 on other CPUs",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(
@@ -182,7 +184,9 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global gradient norm (None = no clipping)")
     grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="bf16 autocast for the forward (auto = on CUDA devices that support bf16; fp32 on CPU)"
+        "auto",
+        description="bf16 autocast for the forward (auto = where the device has bf16 units: a bf16 GPU, an "
+        "AVX512-BF16/AMX CPU; fp32 elsewhere)",
     )
     weight_decay: float = 1e-3
     warmup_frac: float = Field(0.1, ge=0, le=1)
@@ -217,8 +221,10 @@ class HarnessTaskOverride(Section):
 class EvalConfig(Section):
     batch_size: int = Field(8, ge=1, description="held-out perplexity and lm-eval harness batch size")
     max_seqs: int | None = Field(None, description="cap on held-out sequences")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="dtype the evaluated models are loaded in; auto = the checkpoint's, as lm_eval --model hf"
+    dtype: Literal["auto", "native", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="dtype the evaluated models are loaded in; auto = the checkpoint's, as lm_eval --model hf; "
+        "native = bf16 where the device has bf16 units (bf16 GPU, AVX512-BF16/AMX CPU), else fp32",
     )
     tasks: list[str] = Field(
         ["arc_easy", "arc_challenge", "piqa", "mmlu"],
@@ -341,7 +347,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 # DSKD_* variables that are not config overrides (DSKD_HOME maps to `home` below).
-RESERVED_ENV = {"DSKD_HOME", "DSKD_REPO"}
+RESERVED_ENV = {"DSKD_HOME", "DSKD_REPO", "DSKD_CPU_BF16"}
 
 
 def _env_overrides(environ: dict[str, str]) -> dict:

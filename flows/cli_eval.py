@@ -103,7 +103,7 @@ def eval_command(
     limit: int = typer.Option(None, "--limit", min=1, help="items per task, every task (eval.limit + overrides)"),
     num_fewshot: int = typer.Option(None, "--num-fewshot", min=0, help="shots, every task (eval.num_fewshot)"),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="harness batch size (eval.batch_size)"),
-    dtype: str = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16 (eval.dtype)"),
+    dtype: str = typer.Option(None, "--dtype", help="auto | native | float32 | bfloat16 | float16 (eval.dtype)"),
     output: Path = typer.Option(None, "--output", "-o", help="write the harness's results JSON to this file"),
     config: Path = typer.Option(None, "--config", "-c", help="YAML config (teacher, registry, eval defaults)"),
 ) -> None:

@@ -14,6 +14,9 @@ from flows.env import configure_environment  # noqa: E402
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("RAY_ADDRESS", None)
+# The same fp32 numerics on every CPU (bf16-unit CPUs would otherwise autocast); tests/train/test_precision.py
+# covers the bf16 path.
+os.environ["DSKD_CPU_BF16"] = "0"
 configure_environment(_SESSION_HOME)  # no Ray address: loopback-only Ray
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -137,11 +137,15 @@ def check_tasks(names: Iterable[str], manager) -> None:
 
 
 def load_hf_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool = False):
-    """A causal LM from a local HF dir as ``lm_eval --model hf`` loads it (``dtype`` "auto" = the checkpoint's),
-    safetensors only, eval mode, on CPU."""
+    """A causal LM from a local HF dir as ``lm_eval --model hf`` loads it (``dtype`` "auto" = the checkpoint's,
+    "native" = bf16 on a CPU with bf16 units, else fp32), safetensors only, eval mode, on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from dskd.teacher.model import cpu_runs_bf16_natively
+
+    if dtype == "native":
+        dtype = "bfloat16" if cpu_runs_bf16_natively() else "float32"
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True

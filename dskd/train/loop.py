@@ -20,6 +20,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from dskd.senses.dictionary import SenseTable
 from dskd.store.remote import ArtifactStore
+from dskd.teacher.model import device_runs_bf16_natively
 from dskd.train.data import Batch, collate, count_rows, iter_rows, shard_paths
 from dskd.train.forward import HiddenAndLogits, language_model, training_forward
 from dskd.train.losses import SenseProjection, ce_loss, kd_loss, sampled_kd_loss, sense_loss
@@ -220,9 +221,9 @@ def _chunks(items, size: int):
 
 
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
-    """bf16 for autocast where asked for and the device runs it fast (CUDA with bf16); None = plain fp32."""
-    on_cuda = device.startswith("cuda") and torch.cuda.is_available()
-    if precision == "bf16" or (precision == "auto" and on_cuda and torch.cuda.is_bf16_supported()):
+    """bf16 for autocast where asked for, or under "auto" where the device runs it natively (a bf16 GPU, an
+    AVX512-BF16/AMX CPU); None = plain fp32."""
+    if precision == "bf16" or (precision == "auto" and device_runs_bf16_natively(device)):
         return torch.bfloat16
     return None
 
