@@ -151,7 +151,14 @@ def cache_teacher_outputs(
         computed = [d for d in done if not d.get("resumed")]
         nodes = len({d.get("node") for d in computed})  # in-process: one (None)
         spills = sum(d.get("reservoir_spill_runs", 0) for d in done)  # runs spilled within reservoir_memory_gb
-        extra["execution"] = {"workers": workers, "shards": len(done), "nodes": nodes, "reservoir_spill_runs": spills}
+        extra["execution"] = {
+            "workers": workers,
+            "shards": len(done),
+            "nodes": nodes,
+            "reservoir_spill_runs": spills,
+            # what "auto" resolved to (the key hashes the section, "auto"); resumed shards carry their own
+            "compute_dtypes": sorted({d["compute_dtype"] for d in done if "compute_dtype" in d}),
+        }
         # Shards staged by an earlier, killed attempt were not recomputed (same bytes: seeded by shard index).
         extra["resume"] = {"shards_computed": len(computed), "shards_resumed": len(done) - len(computed)}
         extra["metrics"] = {

@@ -90,6 +90,8 @@ def train_student(
                 "mean_step_seconds": mean_step,
                 "train_tokens": sum(h.get("tokens", 0.0) for h in history),
                 "train_seconds": sum(h["step_seconds"] for h in history),
+                # 1 = bf16 autocast ("auto" on a bf16 GPU or an AVX512-BF16/AMX CPU), 0 = fp32: the key holds "auto".
+                "bf16_autocast": last.get("bf16_autocast", 0.0),
             }
 
     return run_stage(

@@ -88,7 +88,8 @@ def test_another_machine_fetches_every_artifact_from_the_store(flow_runs, tiny_t
         assert read_manifest(Path(theirs["path"]))["files"] == read_manifest(Path(mine["path"]))["files"]
         assert Path(theirs["path"]).is_relative_to(tmp_path / "home2")
     cache = read_manifest(Path(first["stages"][3]["path"]))
-    assert cache["execution"] == {"workers": 2, "shards": 2, "nodes": 1, "reservoir_spill_runs": 0}
+    execution = {"workers": 2, "shards": 2, "nodes": 1, "reservoir_spill_runs": 0, "compute_dtypes": ["float32"]}
+    assert cache["execution"] == execution
     # Ray Train checkpoints went to the store too (storage.uri/ray_results), not to DSKD_HOME.
     assert list(Path(store_uri.removeprefix("file://"), "ray_results").glob("dskd-*"))
 

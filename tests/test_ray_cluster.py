@@ -58,7 +58,8 @@ def test_pipeline_caches_and_trains_on_a_two_node_cluster(two_node_cluster, tiny
     history = json.loads((Path(stages["train"]["path"]) / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2]  # 8 sequences / 2 workers / batch 2
     cache = json.loads((Path(stages["teacher_cache"]["path"]) / "manifest.json").read_text())
-    assert cache["execution"] == {"workers": 2, "shards": 2, "nodes": 2, "reservoir_spill_runs": 0}
+    execution = {"workers": 2, "shards": 2, "nodes": 2, "reservoir_spill_runs": 0, "compute_dtypes": ["float32"]}
+    assert cache["execution"] == execution
     # The pipeline connected to the cluster instead of starting its own, and left it running.
     ray.init(address=two_node_cluster.address)
     nodes = [n for n in ray.nodes() if n["Alive"]]

@@ -295,6 +295,7 @@ class TrainStep:
             tokens=float(tokens * ctx.world_size),  # this step, all ranks (equal shares)
             tokens_per_second=tokens * ctx.world_size / seconds,
             total_steps=float(self.total),
+            bf16_autocast=float(dtype is not None),  # what precision "auto" resolved to on this device
         )
         if ctx.rank == 0:
             ctx.log_metrics(metrics, step)

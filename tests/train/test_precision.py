@@ -17,7 +17,9 @@ def _probes(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
 
 
-@pytest.mark.parametrize(("avx512_bf16", "amx", "native"), [(False, False, False), (True, False, True), (False, True, True)])
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "native"), [(False, False, False), (True, False, True), (False, True, True)]
+)
 def test_the_cpu_probe_reads_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx, native):
     _probes(monkeypatch, avx512_bf16, amx)
     assert cpu_runs_bf16_natively() is native
@@ -59,3 +61,4 @@ def test_a_bf16_autocast_step_runs_in_bf16_and_tracks_fp32(tiny_teacher_dir):
     assert bf16["grad_norm"] == pytest.approx(fp32["grad_norm"], rel=5e-2)
     # The weights stay fp32 (autocast casts per op), so checkpoints are unchanged by the precision.
     assert all(p.dtype == torch.float32 for p in bf16_model.parameters())
+    assert (fp32["bf16_autocast"], bf16["bf16_autocast"]) == (0.0, 1.0)  # logged, and kept in the train manifest
