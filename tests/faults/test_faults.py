@@ -64,6 +64,7 @@ def overrides(teacher_dir: Path, home: Path, *extra: str) -> list[str]:
 def child_env() -> dict[str, str]:
     """The test session's environment without its homes: the CLI sets them under its own home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DSKD_", "PREFECT_", "MLFLOW_", "RAY_"))}
+    env["DSKD_CPU_BF16"] = os.environ["DSKD_CPU_BF16"]  # the same dtype as the in-process reference (conftest)
     secrets = {"AWS_SECRET_ACCESS_KEY": SECRET, "HF_TOKEN": TOKEN}  # must never reach MLflow or Prefect
     return {**env, **secrets, "PYTHONPATH": str(REPO), "COLUMNS": "300"}
 
