@@ -142,10 +142,10 @@ def load_hf_model(path: str | Path, dtype: str = "auto", trust_remote_code: bool
     import torch
     from transformers import AutoModelForCausalLM
 
-    from dskd.teacher.model import cpu_runs_bf16_natively
+    from dskd.teacher.model import resolve_compute_dtype
 
-    if dtype == "native":
-        dtype = "bfloat16" if cpu_runs_bf16_natively() else "float32"
+    if dtype == "native":  # the teacher pass's "auto" on this CPU: bf16 with bf16 units, else fp32
+        dtype = resolve_compute_dtype("auto", "cpu")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
