@@ -170,7 +170,13 @@ class StudentConfig(Section):
 
 class TrainConfig(Section):
     loss: Literal["ce", "kd", "dskd"] = "dskd"
-    alpha: float = Field(0.7, ge=0)
+    alpha: float = Field(0.7, ge=0, description="weight of the KD term (method.md L_KD)")
+    ce_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the cross-entropy to the corpus tokens in kd/dskd (method.md: 1; 0 = the teacher's "
+        "distribution alone, as Minitron retrains pruned students); the ce arm always uses 1",
+    )
     lam: float = Field(1.0, ge=0, description="weight of the sense loss")
     beta_p: float = 1.0
     beta_n: float = 1.0

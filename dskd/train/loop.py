@@ -23,6 +23,7 @@ from dskd.store.remote import ArtifactStore
 from dskd.teacher.model import device_runs_bf16_natively
 from dskd.train.data import Batch, collate, count_rows, iter_rows, shard_paths
 from dskd.train.forward import HiddenAndLogits, language_model, training_forward
+from dskd.train.fused_loss import ce_and_kd_t1
 from dskd.train.losses import SenseProjection, ce_loss, kd_loss, sampled_kd_loss, sense_loss
 from dskd.train.student import build_student_from_section, trainable_state
 
@@ -74,21 +75,26 @@ def compute_losses(
     # Position t predicts input_ids[t+1]: the last position has no target.
     logits_t = logits[:, :-1].reshape(-1, logits.shape[-1])
     targets = batch.input_ids[:, 1:].reshape(-1)
-    out = {"ce": ce_loss(logits_t, targets)}
     zero = logits.new_zeros(())
-    out["kd"] = zero
-    out["sense"] = zero
+    out = {"kd": zero, "sense": zero}
     if cfg["loss"] in ("kd", "dskd"):
         k = batch.topk_ids.shape[-1]
-        kd = sampled_kd_loss if kd_mode == "sampled" else kd_loss
-        out["kd"] = kd(
-            logits_t,
+        teacher = (
             batch.topk_logits[:, :-1].reshape(-1, k),
             batch.topk_ids[:, :-1].reshape(-1, k),
             batch.lse[:, :-1].reshape(-1),
-            temperature=temperature,
-            alpha=cfg["alpha"],
         )
+        if float(temperature) == 1.0:
+            # One pass over the vocabulary for both terms (fused_loss.py: ~40 % of a CPU step otherwise).
+            out["ce"], out["kd"] = ce_and_kd_t1(
+                logits_t, targets, *teacher, alpha=cfg["alpha"], sampled=kd_mode == "sampled"
+            )
+        else:
+            kd = sampled_kd_loss if kd_mode == "sampled" else kd_loss
+            out["ce"] = ce_loss(logits_t, targets)
+            out["kd"] = kd(logits_t, *teacher, temperature=temperature, alpha=cfg["alpha"])
+    else:
+        out["ce"] = ce_loss(logits_t, targets)
     if cfg["loss"] == "dskd" and senses is not None and batch.sense_pos.numel() > 0:
         s = hidden[batch.sense_batch, batch.sense_pos]
         if projection is not None:
@@ -100,7 +106,9 @@ def compute_losses(
             s, pos, pos_mask, neg, neg_mask, beta_p=cfg["beta_p"], beta_n=cfg["beta_n"], margin=cfg["margin"]
         )
         out["sense"] = rows.mean()
-    out["total"] = out["ce"] + out["kd"] + (cfg["lam"] * out["sense"] if cfg["loss"] == "dskd" else zero)
+    # The ce arm trains on the corpus tokens alone; kd/dskd weigh them against the teacher (train.ce_weight).
+    ce_weight = 1.0 if cfg["loss"] == "ce" else float(cfg.get("ce_weight", 1.0))
+    out["total"] = ce_weight * out["ce"] + out["kd"] + (cfg["lam"] * out["sense"] if cfg["loss"] == "dskd" else zero)
     return out
 
 

@@ -60,6 +60,18 @@ def test_loss_modes(student):
     assert torch.isclose(lam2["total"] - full["total"], full["sense"], rtol=1e-4)
 
 
+def test_ce_weight_scales_only_the_corpus_term(student):
+    """train.ce_weight: total = w·CE + KD (+ λ·sense) in kd/dskd; the ce arm ignores it (its loss is CE alone)."""
+    batch, senses = make_batch(student.config.vocab_size, 64, 4)
+    kd = compute_losses(student, batch, senses, {**CFG, "loss": "kd"}, 2.0)
+    kd0 = compute_losses(student, batch, senses, {**CFG, "loss": "kd", "ce_weight": 0.0}, 2.0)
+    full = compute_losses(student, batch, senses, {**CFG, "ce_weight": 0.25}, 2.0)
+    ce = compute_losses(student, batch, senses, {**CFG, "loss": "ce", "ce_weight": 0.0}, 2.0)
+    assert torch.isclose(kd0["total"], kd["kd"])
+    assert torch.isclose(full["total"], 0.25 * full["ce"] + full["kd"] + full["sense"])
+    assert torch.isclose(ce["total"], ce["ce"]) and float(ce["ce"]) > 0
+
+
 def test_sense_gradient_reaches_only_trainable_layers(student):
     batch, senses = make_batch(student.config.vocab_size, 64, 4)
     student.zero_grad()
