@@ -64,10 +64,12 @@ def teacher_outputs(
     """
     hidden, logits = final_hidden_and_logits(model, input_ids)
     logits = logits.float()
-    lse = torch.logsumexp(logits / temperature, dim=-1)
+    # At T = 1 (the default) no scaled copy: each is another [B, L, V] float32 tensor.
+    scaled = logits if temperature == 1.0 else logits / temperature
+    lse = torch.logsumexp(scaled, dim=-1)
     argmax = logits.argmax(dim=-1)
     if kd_mode == "sampled":
-        probs = torch.softmax(logits / temperature, dim=-1).reshape(-1, logits.shape[-1])
+        probs = torch.softmax(scaled, dim=-1).reshape(-1, logits.shape[-1])
         ids = torch.multinomial(probs, topk, replacement=True, generator=generator).sort(dim=-1).values
         ids = ids.reshape(*logits.shape[:-1], topk)
         values = logits.gather(-1, ids)
