@@ -75,6 +75,34 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_set_option(p: argparse.ArgumentParser, settable: tuple[str, ...], example: str) -> None:
+    """A repeatable ``--set SECTION.KEY=VALUE`` (sections ``settable``) that goes through the config like any
+    override, so pydantic checks it (a typo is a one-line error)."""
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override a {' or '.join(s.rstrip('.') for s in settable)} setting (repeatable); {example}",
+    )
+
+
+def parse_sets(sets: list[str], settable: tuple[str, ...]) -> dict[str, Any]:
+    """``["train.ce_weight=0"]`` -> {"train.ce_weight": 0}, values parsed as JSON where they are JSON."""
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith(settable):
+            shapes = " or ".join(f"{s}KEY=VALUE" for s in settable)
+            raise SystemExit(f"--set {item!r}: expected {shapes} (e.g. train.ce_weight=0)")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def setup(args: argparse.Namespace) -> Path:
     """Resolve the bench home and set the process environment before prefect/ray/mlflow are imported."""
     home = (args.home or Path(os.environ.get("DSKD_BENCH_HOME", DEFAULT_HOME))).expanduser().resolve()

@@ -82,8 +82,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=None, help="rounds, each one run per arm (default 3, tiny 1)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10, tiny 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per run first (default 2, tiny 1)")
+    C.add_set_option(p, ("train.",), "e.g. --set train.grad_allreduce=bf16 --set train.grad_accum=2")
     args = p.parse_args()
     C.setup(args)
+    sets = C.parse_sets(args.sets, ("train.",))
     rounds = args.rounds or (1 if args.tiny else 3)
     steps = args.steps or (2 if args.tiny else 10)
     warmup = args.warmup or (1 if args.tiny else 2)
@@ -99,7 +101,7 @@ def main() -> None:
     import tasks.ray_train as rt
     from dskd.train.loop import TrainJob
 
-    cfg = C.config(args)
+    cfg = C.config(args, **{k.replace(".", "__"): v for k, v in sets.items()})
     stages = C.run_stages(cfg, "sense_index")
     capture = json.loads((stages["teacher_cache"]["path"] / "capture.json").read_text())
     job = TrainJob(
@@ -112,7 +114,8 @@ def main() -> None:
         train=cfg.train.model_dump(),
         kappa=cfg.senses.kappa,
     )
-    B, L = cfg.train.batch_size, cfg.corpus.seq_len
+    # Tokens per optimizer step and worker: grad_accum micro-batches of batch_size sequences (one all-reduce).
+    B, L = cfg.train.batch_size * cfg.train.grad_accum, cfg.corpus.seq_len
     storage = args.home / "ray_results"
     started = rt.init_ray(None, 2, args.home / "ray")
     samples: dict[int, list[float]] = {1: [], 2: []}
@@ -176,7 +179,10 @@ def main() -> None:
             "arm_2_workers": C.spread(samples[2]),
             "rounds_detail": per_round,
             "method": "median per-step tokens/s, 2-worker arm / 1-worker arm; rounds alternate the arm order",
-            "batch_per_worker": B,
+            "overrides": sets,
+            "batch_per_worker": cfg.train.batch_size,
+            "grad_accum": cfg.train.grad_accum,
+            "grad_allreduce": cfg.train.grad_allreduce,
             "seq_len": L,
             "timed_steps_per_run": steps,
             "timed_steps_per_arm": rounds * steps,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import _common as C
 
+SETTABLE = ("train.", "cache.")
+
 PIPELINE_DEFAULT = {
     "corpus__n_train_seqs": 768,
     "corpus__n_heldout_seqs": 32,
@@ -24,36 +26,13 @@ PIPELINE_DEFAULT = {
 }
 
 
-SETTABLE = ("train.", "cache.")
-
-
-def _overrides(sets: list[str]) -> dict:
-    """``["train.ce_weight=0"]`` -> {"train.ce_weight": 0}, values parsed as JSON where they are JSON."""
-    out = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key.startswith(SETTABLE):
-            raise SystemExit(f"--set {item!r}: expected train.KEY=VALUE or cache.KEY=VALUE (e.g. train.ce_weight=0)")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=96, help="optimizer steps (default 96; --tiny: 4)")
     p.add_argument("--every", type=int, default=16, help="evaluate every N steps")
     p.add_argument("--loss", default="kd", choices=["ce", "kd", "dskd"])
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a train or cache setting (repeatable; a cache one rebuilds the cache), e.g. --set "
-        "train.ce_weight=0 --set train.seed=1 --set cache.kd_mode=sampled",
+    C.add_set_option(
+        p, SETTABLE, "a cache one rebuilds the cache; e.g. --set train.ce_weight=0 --set cache.kd_mode=sampled"
     )
     args = p.parse_args()
     C.setup(args)
@@ -62,7 +41,8 @@ def main() -> None:
     # teacher's 4 layers, keep the first 2.
     extra = {"student__layers": "first"} if args.tiny else PIPELINE_DEFAULT
     # --set goes through the config like any override, so pydantic checks it (a typo is a one-line error).
-    cfg = C.config(args, **extra, **{k.replace(".", "__"): v for k, v in _overrides(args.sets).items()})
+    sets = C.parse_sets(args.sets, SETTABLE)
+    cfg = C.config(args, **extra, **{k.replace(".", "__"): v for k, v in sets.items()})
     stages = C.run_stages(cfg, upto="sense_index")
 
     import torch
@@ -140,7 +120,7 @@ def main() -> None:
         "teacher_ppl": teacher_ppl,
         "curve": curve,
         "loss": args.loss,
-        "overrides": _overrides(args.sets),
+        "overrides": sets,
         "kd_mode": capture.get("kd_mode", "topk"),
         "kd_temperature": capture["kd_temperature"],
         "topk": capture["topk"],

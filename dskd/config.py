@@ -194,6 +194,11 @@ class TrainConfig(Section):
         description="bf16 autocast for the forward (auto = where the device has bf16 units: a bf16 GPU, an "
         "AVX512-BF16/AMX CPU; fp32 elsewhere)",
     )
+    grad_allreduce: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="dtype of the DDP gradient all-reduce between workers: bf16 halves the bytes (PyTorch's "
+        "bf16_compress_hook; the mean gradient is rounded to bf16), see bench/README.md's Ray rows",
+    )
     weight_decay: float = 1e-3
     warmup_frac: float = Field(0.1, ge=0, le=1)
     epochs: int = Field(1, ge=1, description="passes over the cached corpus (paper: 2)")

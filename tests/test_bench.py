@@ -162,6 +162,20 @@ def test_ray_scaling_statistics():
     assert lo == hi == pytest.approx(1.9)
 
 
+def test_set_overrides_parse_json_values_and_refuse_other_sections():
+    common = bench_module("_common")
+    sets = ["train.grad_accum=2", "train.grad_allreduce=bf16", "train.max_grad_norm=null"]
+    assert common.parse_sets(sets, ("train.",)) == {
+        "train.grad_accum": 2,
+        "train.grad_allreduce": "bf16",
+        "train.max_grad_norm": None,
+    }
+    with pytest.raises(SystemExit, match=r"--set 'cache.topk=8': expected train.KEY=VALUE \(e.g."):
+        common.parse_sets(["cache.topk=8"], ("train.",))
+    with pytest.raises(SystemExit, match="expected train.KEY=VALUE or cache.KEY=VALUE"):
+        common.parse_sets(["train.lr"], ("train.", "cache."))
+
+
 def run_gpu_check(tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / "gpu.json"
     cmd = [sys.executable, str(BENCH / "gpu_check.py"), "--out", str(out), "--home", str(tmp_path), *extra]

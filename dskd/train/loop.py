@@ -21,6 +21,7 @@ from transformers import get_cosine_schedule_with_warmup
 from dskd.senses.dictionary import SenseTable
 from dskd.store.remote import ArtifactStore
 from dskd.teacher.model import device_runs_bf16_natively
+from dskd.train.allreduce import apply_grad_allreduce
 from dskd.train.data import Batch, collate, count_rows, iter_rows, shard_paths
 from dskd.train.forward import HiddenAndLogits, language_model, training_forward
 from dskd.train.fused_loss import ce_and_kd_t1
@@ -173,6 +174,7 @@ def run_training(job: TrainJob, ctx: WorkerContext, on_step: Callable[[int], Non
                 )
             projection = SenseProjection(model.config.hidden_size, senses.shape[1]).to(ctx.device)
     model = ctx.prepare_model(HiddenAndLogits(model))  # DDP around the forward the loss runs (forward.py)
+    apply_grad_allreduce(model, cfg.get("grad_allreduce", "fp32"))
     params = [p for p in model.parameters() if p.requires_grad]
     if projection is not None:
         params += list(projection.parameters())
