@@ -196,8 +196,8 @@ class TrainConfig(Section):
     )
     grad_allreduce: Literal["fp32", "bf16"] = Field(
         "fp32",
-        description="dtype of the DDP gradient all-reduce between workers: bf16 halves the bytes (PyTorch's "
-        "bf16_compress_hook; the mean gradient is rounded to bf16), see bench/README.md's Ray rows",
+        description="dtype of the DDP gradient all-reduce between workers: bf16 halves the bytes (the mean "
+        "gradient is rounded to bf16; dskd/train/allreduce.py), see bench/README.md's Ray rows",
     )
     weight_decay: float = 1e-3
     warmup_frac: float = Field(0.1, ge=0, le=1)
