@@ -98,7 +98,9 @@ class RayWorkerContext:
             self._client = MlflowClient(tracking_uri=tracking_uri)
 
     def prepare_model(self, model):
-        return ray.train.torch.prepare_model(model)
+        # Gradients as views into DDP's all-reduce buckets: no copy of every gradient into a bucket and back per
+        # step, and one gradient buffer instead of two (PyTorch's DDP docs; the numbers are the same).
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is not None and self._run_id:

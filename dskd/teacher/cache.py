@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from dskd.host_memory import keep_freed_memory
 from dskd.store.integrity import PARQUET_WRITE, read_table
 from dskd.store.staging import UnitStaging
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
@@ -48,6 +49,26 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
+# Rows of the [B·L, V] logits reduced per logsumexp call when the logits are not float32: a float32 copy of a
+# slice this size (~3 MB at V = 49,152) stays in a core's L2, where a copy of the whole batch (~200 MB) would not.
+LSE_ROWS = 16
+
+
+def logsumexp_fp32(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logsumexp(z / T) over the last dim, accumulated in float32, for logits of any float dtype ([..., V] -> [...]).
+
+    float32 logits are reduced in one call; bf16/fp16 logits slice by slice, so the pass never holds a float32 copy
+    of the whole batch's logits (the bf16 teacher's largest tensor would otherwise double)."""
+    if logits.dtype == torch.float32:
+        return torch.logsumexp(logits if temperature == 1.0 else logits / temperature, dim=-1)
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, flat.shape[0], LSE_ROWS):
+        rows = flat[start : start + LSE_ROWS].float()
+        out[start : start + LSE_ROWS] = torch.logsumexp(rows if temperature == 1.0 else rows / temperature, dim=-1)
+    return out.reshape(logits.shape[:-1])
+
+
 @torch.no_grad()
 def teacher_outputs(
     model,
@@ -61,20 +82,28 @@ def teacher_outputs(
 
     ``topk``: the k largest logits. ``sampled``: k ids drawn with replacement from softmax(z/T) (sorted, repeats
     kept: each draw weighs 1/k in the KD estimate), with their logits.
+
+    Two passes over the vocabulary in top-k mode: logsumexp and top-k (whose first id is the argmax), both on the
+    logits in the teacher's dtype (bf16 -> float32 is exact, so the kept values and ids are those of a float32
+    copy; the logsumexp accumulates in float32).
     """
     hidden, logits = final_hidden_and_logits(model, input_ids)
-    logits = logits.float()
-    # At T = 1 (the default) no scaled copy: each is another [B, L, V] float32 tensor.
-    scaled = logits if temperature == 1.0 else logits / temperature
-    lse = torch.logsumexp(scaled, dim=-1)
-    argmax = logits.argmax(dim=-1)
+    lse = logsumexp_fp32(logits, temperature)
     if kd_mode == "sampled":
+        logits = logits.float()
+        scaled = logits if temperature == 1.0 else logits / temperature
         probs = torch.softmax(scaled, dim=-1).reshape(-1, logits.shape[-1])
         ids = torch.multinomial(probs, topk, replacement=True, generator=generator).sort(dim=-1).values
         ids = ids.reshape(*logits.shape[:-1], topk)
         values = logits.gather(-1, ids)
+        argmax = logits.argmax(dim=-1)
     else:
-        values, ids = logits.topk(topk, dim=-1)
+        values, ids = logits.topk(topk, dim=-1)  # sorted: values[..., 0] is the max
+        # The argmax as argmax() gives it, the lowest id among tied maxima (~3 % of bf16 positions tie): the
+        # reservoir files the same vectors under the same tokens as before. (More than k tied maxima: never seen.)
+        ties = values == values[..., :1]
+        argmax = torch.where(ties, ids, torch.iinfo(ids.dtype).max).min(dim=-1).values
+        values = values.float()
     return values, ids, lse, argmax, hidden.float()
 
 
@@ -229,6 +258,7 @@ class TeacherPass:
     def __init__(
         self, model_dir: Path, section: dict[str, Any], capture: dict[str, Any], threads: int | None = None
     ) -> None:
+        keep_freed_memory()  # the per-batch [B, L, V] logits reuse the heap instead of page-faulting
         if threads:
             torch.set_num_threads(threads)
         self.device = resolve_device(section["device"])  # resolved where the pass runs (a replica's node)

@@ -218,3 +218,43 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(tiny_teache
     with pytest.raises(ValueError, match=r"holds non-finite weights .* diverged; delete the run's checkpoint") as e:
         _load_checkpoint(tmp_path / "ck", fresh, opt2, None)
     assert "\n" not in str(e.value)
+
+
+class _ReportingCtx(_Ctx):
+    """A context that records what the loop reports to the runtime, as rank ``rank``."""
+
+    def __init__(self, scratch: Path, rank: int = 0) -> None:
+        super().__init__()
+        self.rank, self.scratch = rank, scratch
+        self.reports: list[tuple[int, bool]] = []
+
+    def report(self, metrics, checkpoint_dir) -> None:
+        self.reports.append((int(metrics["step"]), checkpoint_dir is not None))
+
+    def scratch_dir(self):
+        return self.scratch
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_runtime_hears_only_checkpoint_steps_metrics_every_step(tiny_teacher_dir, tmp_path: Path, rank: int):
+    """Ray Train's report is a barrier behind a one-slot queue drained every 2 s: a report per step floored every
+    step at ~2 s. Every rank reports at the checkpoint steps alone (rank 0 with the checkpoint); metrics go out
+    through log_metrics every step."""
+    from transformers import get_constant_schedule
+
+    from dskd.train.loop import TrainJob, TrainStep
+
+    batch, _ = make_batch(49152, 64, 4)
+    model = build_student(tiny_teacher_dir, n_layers=2, n_trainable=1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    cfg = {**CFG, "loss": "kd", "checkpoint_every": 2, "max_grad_norm": 1.0}
+    ctx = _ReportingCtx(tmp_path, rank)
+    step_fn = TrainStep(
+        model, opt, get_constant_schedule(opt), None, None, cfg, TrainJob("", "", "", "", 2.0, {}, cfg, 3), ctx, 5, []
+    )
+    step = 0
+    for _ in range(5):
+        step = step_fn([batch], step, 0)
+    assert ctx.reports == [(2, rank == 0), (4, rank == 0)]  # step 5 is the last: _finish reports the final model
+    assert len(ctx.logged) == (5 if rank == 0 else 0)  # rank 0 logs for the run
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["ckpt-2", "ckpt-4"] if rank == 0 else [])
