@@ -3,9 +3,9 @@
 Why: a CPU training step of the embedded default allocates and frees ~460 MB of short-lived tensors (logits
 [B, L, V], the loss's softmax and its gradient, the parameter gradients). glibc hands every block over its mmap
 threshold back to the kernel on free and trims the heap top above 128 KiB, so each step faults the same memory
-in again: 117k minor faults and ~0.17 s of kernel time per 1.5 s step (bench/README.md, "Host memory"). Raising
+in again: 117k minor faults and ~0.17 s of kernel time per 1.5 s step (bench/README.md, "... host memory ..."). Raising
 the mmap threshold and the trim threshold keeps those blocks in the heap for the next step (a step of 1.53 s
-became 1.24-1.35 s, no fault after the first steps). The price is a resident set that stays at its peak: what a
+became 1.35 s, no fault after the first steps). The price is a resident set that stays at its peak: what a
 training worker or a teacher replica holds anyway.
 
 ``DSKD_MALLOC_KEEP=0`` turns it off (a reserved environment name, like ``DSKD_CPU_BF16``). A no-op where the C

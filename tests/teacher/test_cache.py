@@ -101,3 +101,40 @@ def test_reservoir_file_keyed_by_predicted_token(cached):
     items = list(read_reservoir(tmp / "r.parquet", 64))
     assert {tok for tok, _ in items} == predicted
     assert all(1 <= v.shape[0] <= 3 and v.shape[1] == 64 for _, v in items)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in decoder LM whose final hidden states and logits are given (teacher_outputs reads only those)."""
+
+    def __init__(self, hidden: torch.Tensor, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden, self.logits = hidden, logits
+
+    def get_decoder(self):
+        return lambda input_ids: type("Out", (), {"last_hidden_state": self.hidden})()
+
+    def get_output_embeddings(self):
+        return lambda hidden: self.logits
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_teacher_outputs_on_bf16_logits_equal_those_of_a_float32_copy(temperature: float):
+    """The reductions run on the teacher's own (bf16) logits: top-k values and ids, the argmax (lowest id among tied
+    maxima) and logsumexp(z/T) equal what a float32 copy of the logits gives, ties included."""
+    from dskd.teacher import cache as cache_mod
+    from dskd.teacher.cache import teacher_outputs
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 37, 1000, generator=gen) * 4).to(torch.bfloat16)  # 37 rows: slices of 16 + a rest
+    logits[0, 0, [5, 700, 3]] = 50.0  # a three-way tie for the max: the argmax is the lowest id, 3
+    hidden = torch.randn(3, 37, 8, generator=gen).to(torch.bfloat16)
+    values, ids, lse, argmax, hid = teacher_outputs(_FixedLogits(hidden, logits), torch.zeros(3, 37), 6, temperature)
+    ref = logits.float()
+    ref_values, _ = ref.topk(6, dim=-1)
+    assert values.dtype == torch.float32 and torch.equal(values, ref_values)
+    assert torch.equal(ref.gather(-1, ids), ref_values)  # the ids hold those values
+    assert torch.equal(argmax, ref.argmax(dim=-1)) and int(argmax[0, 0]) == 3
+    assert int((ref.max(dim=-1, keepdim=True).values == ref).sum(-1).max()) > 1  # the data does tie
+    torch.testing.assert_close(lse, torch.logsumexp(ref / temperature, dim=-1), rtol=0, atol=1e-5)
+    assert hid.dtype == torch.float32
+    assert cache_mod.LSE_ROWS < 3 * 37  # the bf16 path really slices
