@@ -3,6 +3,8 @@ hidden states in their own shard, read back or regenerated the same."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -111,7 +113,7 @@ class _FixedLogits(torch.nn.Module):
         self.hidden, self.logits = hidden, logits
 
     def get_decoder(self):
-        return lambda input_ids: type("Out", (), {"last_hidden_state": self.hidden})()
+        return lambda input_ids: SimpleNamespace(last_hidden_state=self.hidden)
 
     def get_output_embeddings(self):
         return lambda hidden: self.logits
