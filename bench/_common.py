@@ -160,23 +160,45 @@ def smollm_teacher(home: Path) -> Path:
     return _atomic_dir(home / "teachers" / "smollm2", build)
 
 
+def _smollm_tokenizer(home: Path):
+    """SmolLM2's tokenizer (vocab 49152): from the converted teacher in ``home`` if there, else from the GGUF."""
+    from transformers import AutoTokenizer
+
+    from dskd.teacher.model import gguf_source
+
+    real = home / "teachers" / "smollm2"
+    if (real / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(real)
+    gguf = gguf_source(GGUF_PACKAGE, GGUF_FILE)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def tiny_teacher(home: Path) -> Path:
     """A random-init 4-layer Llama (d=64) with the real SmolLM2 tokenizer (vocab 49152), as tests/conftest.py."""
 
     def build(tmp: Path) -> None:
-        from transformers import AutoTokenizer
+        from dskd.teacher.model import save_tiny_llama
 
-        from dskd.teacher.model import gguf_source, save_tiny_llama
-
-        real = home / "teachers" / "smollm2"
-        if (real / "tokenizer.json").is_file():
-            tok = AutoTokenizer.from_pretrained(real)
-        else:
-            gguf = gguf_source(GGUF_PACKAGE, GGUF_FILE)
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        save_tiny_llama(tok, tmp)
+        save_tiny_llama(_smollm_tokenizer(home), tmp)
 
     return _atomic_dir(home / "teachers" / "tiny", build)
+
+
+def random_teacher(home: Path, name: str, shape: dict[str, Any]) -> Path:
+    """A random-init bf16 Llama of ``shape`` with SmolLM2's tokenizer, as a local HF dir (built once, seed 0): a
+    teacher that costs per token what a trained one of that shape costs."""
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tok = _smollm_tokenizer(home)
+        config = LlamaConfig(**shape, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return _atomic_dir(home / "teachers" / name, build)
 
 
 def teacher_path(args: argparse.Namespace) -> Path:

@@ -40,6 +40,8 @@ SCRIPTS = [
     "integrity_cost",
     "reservoir_memory",
 ]
+# Extra runs of a script with other arguments: run name -> (script, arguments); each runs right after its script.
+VARIANTS = {"teacher_cache_overhead_1b": ("teacher_cache_overhead", ["--teacher-shape", "1b"])}
 GPU_SCRIPT = "gpu_check"  # writes a JSON, not a RESULT line; run after the others
 RESULT_RE = re.compile(
     r"^RESULT measure=(?P<measure>\S+) value=(?P<value>\S+) target=(?P<op><=|>=)(?P<target>\S+) "
@@ -53,6 +55,8 @@ ISSUE_ROWS = [
     ("logit-cache bytes/token", "logit_bytes", "logit_bytes_per_token", "{:.1f} B", "<= 40 B", ("<=", 40.0)),
     ("teacher-cache stage / bare forward", "teacher_cache_overhead", "teacher_cache_overhead", "{:.3f}", "<= 1.05",
      ("<=", 1.05)),
+    ("  same, 1B-class teacher (random Llama-3.2-1B shape)", "teacher_cache_overhead_1b", "teacher_cache_overhead_1b",
+     "{:.3f}", "<= 1.05", ("<=", 1.05)),
     ("Ray 2 workers / 1", "ray_scaling", "ray_scaling_2w_over_1w", "{:.3f}", ">= 1.8, stable", (">=", 1.8)),
     ("reservoir memory vs configured budget", "reservoir_memory", "reservoir_memory_over_budget", "{:.2f} x budget",
      "<= budget", ("<=", 1.0)),
@@ -106,7 +110,7 @@ def row_notes(measure: str, details: dict) -> str:
         rmin, rmax = details["ratio_rounds_min_max"]
         steps = details.get("timed_steps_per_arm")
         return f"{details['verdict']}; 95% {lo:.2f}-{hi:.2f}, rounds {rmin:.2f}-{rmax:.2f}, {steps} steps/arm"
-    if measure == "teacher_cache_overhead" and "loop_ratio" in details:
+    if measure.startswith("teacher_cache_overhead") and "loop_ratio" in details:
         return f"loop {details['loop_ratio']:.3f}, {details.get('dtype')}, {details.get('repeats')} repeats"
     if measure == "logit_bytes_per_token" and "best" in details:
         return f"{details['best']} at KL <= 1.01 x {details.get('kl_reference', 'fp16')}"
@@ -187,21 +191,35 @@ def print_tables(rows: list[dict], gpu: dict | None) -> list[dict]:
     return [dict(zip(header, r, strict=True)) for r in table]
 
 
+def runs() -> list[tuple[str, str, list[str]]]:
+    """(run name, script, extra arguments) in run order: every script, each followed by its VARIANTS."""
+    out = []
+    for script in SCRIPTS:
+        out.append((script, script, []))
+        out += [(name, s, extra) for name, (s, extra) in VARIANTS.items() if s == script]
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="run every script with --tiny")
     p.add_argument("--home", type=Path, default=None, help="bench home passed to every script")
-    p.add_argument("--only", nargs="*", default=None, help="script names to run (default: all; none: only the table)")
+    p.add_argument(
+        "--only", nargs="*", default=None, help="script or variant names to run (default: all; none: only the table)"
+    )
     p.add_argument("--timeout", type=int, default=1800, help="seconds per script")
     p.add_argument("--gpu-json", type=Path, default=None, help="GPU rows from this gpu_check JSON (skips the run)")
     args = p.parse_args()
+    unknown = sorted(set(args.only or []) - {r[0] for r in runs()} - {GPU_SCRIPT})
+    if unknown:
+        p.error(f"--only: unknown {', '.join(unknown)} (pick from {', '.join(r[0] for r in runs())}, {GPU_SCRIPT})")
     home = (args.home or Path(os.environ.get("DSKD_BENCH_HOME", C.DEFAULT_HOME))).expanduser().resolve()
     (home / "logs").mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent
     rows, failed = [], False
     t_all = time.perf_counter()
-    for name in [n for n in (SCRIPTS if args.only is None else args.only) if n != GPU_SCRIPT]:
-        cmd = [sys.executable, str(here / f"{name}.py"), "--home", str(home)] + (["--tiny"] if args.tiny else [])
+    for name, script, extra in [r for r in runs() if args.only is None or r[0] in args.only]:
+        cmd = [sys.executable, str(here / f"{script}.py"), "--home", str(home), *extra] + (["--tiny"] * args.tiny)
         log_path = home / "logs" / f"{name}.log"
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
         code, stdout, seconds = run_script(cmd, log_path, args.timeout)

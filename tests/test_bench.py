@@ -126,6 +126,20 @@ def test_script_tiny(script: str, runner: Runner):
     assert math.isfinite(float(lines[-1].split("value=")[1].split()[0]))
 
 
+def test_the_1b_teacher_variant_runs_and_names_its_measure(runner: Runner):
+    """run_all's variant: the teacher-cache bench on a random Llama-3.2-1B-shaped teacher (--tiny: a 2-layer one)."""
+    run_all = bench_module("run_all")
+    script, extra = run_all.VARIANTS["teacher_cache_overhead_1b"]
+    assert ("teacher_cache_overhead_1b", script, extra) in run_all.runs()
+    cmd = [sys.executable, str(BENCH / f"{script}.py"), "--tiny", "--home", str(runner.home), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert RESULT.match(last) and last.startswith("RESULT measure=teacher_cache_overhead_1b ")
+    details = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("DETAILS "))[len("DETAILS ") :])
+    assert details["teacher_shape"] == "1b" and details["teacher"].endswith("random-1b-tiny")
+
+
 def test_run_all_prints_every_issue_row():
     run_all = bench_module("run_all")
     rows = [
@@ -148,7 +162,8 @@ def test_run_all_prints_every_issue_row():
     assert result["logit-cache bytes/token"] == "not measured"  # not run
     assert result["reservoir memory vs configured budget"] == "not measured"  # no script yet
     assert [r["result"] for r in table[-len(run_all.GPU_ROWS) :]] == ["needs GPU"] * len(run_all.GPU_ROWS)
-    assert [r["target"] for r in table[:4]] == ["<= 10 %", "<= 40 B", "<= 1.05", ">= 1.8, stable"]
+    assert [r["target"] for r in table[:5]] == ["<= 10 %", "<= 40 B", "<= 1.05", "<= 1.05", ">= 1.8, stable"]
+    assert result["  same, 1B-class teacher (random Llama-3.2-1B shape)"] == "not measured"
 
 
 def test_ray_scaling_statistics():

@@ -23,6 +23,30 @@ from dskd.store.artifacts import MANIFEST, is_complete, read_manifest, sha256_fi
 
 # Keyword arguments of every Parquet writer in the project (pq.write_table / pq.ParquetWriter).
 PARQUET_WRITE = {"write_page_checksum": True}
+
+
+def _leaf(field: pa.Field) -> tuple[str, pa.DataType]:
+    """Parquet column path and type of a scalar or list field's leaf (a list's values are ``<name>.list.element``)."""
+    path, dtype = field.name, field.type
+    while pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype):
+        path, dtype = f"{path}.list.element", dtype.value_type
+    return path, dtype
+
+
+def lean_write_options(schema: pa.Schema) -> dict[str, Any]:
+    """PARQUET_WRITE plus per-column encodings for the bulk tensor files (hidden states, reservoir, KD logits).
+
+    Min/max statistics only on the top-level scalar columns: nothing filters on values inside a list, and computing
+    them for float16 vectors took ~40 % of a write (0.37 -> 0.22 s per 33 MB, bench/README "Parquet writes").
+    Byte-stream-split on floating-point leaves: zstd then sees the exponent bytes together (float16 vectors ~8 %
+    smaller), at no cost in speed. Readers need nothing: both are standard Parquet.
+    """
+    leaves = [_leaf(f) for f in schema]
+    scalars = [f.name for f in schema if not pa.types.is_nested(f.type)]
+    floats = [path for path, dtype in leaves if pa.types.is_floating(dtype)]
+    return {**PARQUET_WRITE, "write_statistics": scalars, "use_byte_stream_split": floats}
+
+
 _VERIFIED: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) already checked in this process
 
 

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from dskd.host_memory import keep_freed_memory
-from dskd.store.integrity import PARQUET_WRITE, read_table
+from dskd.store.integrity import lean_write_options, read_table
 from dskd.store.staging import UnitStaging
 from dskd.teacher.block_influence import BlockInfluence, measure_block_influence
 from dskd.teacher.host_writer import HostWriter
@@ -49,23 +49,30 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
-# Rows of the [B·L, V] logits reduced per logsumexp call when the logits are not float32: a float32 copy of a
-# slice this size (~3 MB at V = 49,152) stays in a core's L2, where a copy of the whole batch (~200 MB) would not.
-LSE_ROWS = 16
+# Bytes of float32 logits reduced per logsumexp call. logsumexp makes a full-size temporary (z - max) and reads it
+# twice; on a CPU a slice that stays in a core's L2 (8 rows at V = 49,152) makes that ~3.5x faster than one call over
+# the batch (float32: 81 -> 23 ms per 1,024 rows, bench/README "teacher pass's reductions"). On a GPU the budget only
+# bounds the temporary (an 8B teacher's batch of fp32 logits is ~8 GB), in few launches.
+LSE_SLICE_BYTES = {"cpu": 3 << 19, "cuda": 256 << 20}
+
+
+def lse_rows_per_slice(vocab_size: int, device_type: str) -> int:
+    """Rows of [*, vocab_size] logits per logsumexp slice on ``device_type`` (at least 1)."""
+    budget = LSE_SLICE_BYTES.get(device_type, LSE_SLICE_BYTES["cuda"])
+    return max(1, budget // (4 * vocab_size))
 
 
 def logsumexp_fp32(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logsumexp(z / T) over the last dim, accumulated in float32, for logits of any float dtype ([..., V] -> [...]).
 
-    float32 logits are reduced in one call; bf16/fp16 logits slice by slice, so the pass never holds a float32 copy
-    of the whole batch's logits (the bf16 teacher's largest tensor would otherwise double)."""
-    if logits.dtype == torch.float32:
-        return torch.logsumexp(logits if temperature == 1.0 else logits / temperature, dim=-1)
+    Slice by slice (:data:`LSE_SLICE_BYTES`): bf16/fp16 logits are upcast one slice at a time, so the pass never
+    holds a float32 copy of the whole batch's logits, and float32 ones are reduced while the slice is in cache."""
     flat = logits.reshape(-1, logits.shape[-1])
+    rows_per = lse_rows_per_slice(flat.shape[1], logits.device.type)
     out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    for start in range(0, flat.shape[0], LSE_ROWS):
-        rows = flat[start : start + LSE_ROWS].float()
-        out[start : start + LSE_ROWS] = torch.logsumexp(rows if temperature == 1.0 else rows / temperature, dim=-1)
+    for start in range(0, flat.shape[0], rows_per):
+        rows = flat[start : start + rows_per].float()  # no copy when already float32
+        out[start : start + rows_per] = torch.logsumexp(rows if temperature == 1.0 else rows / temperature, dim=-1)
     return out.reshape(logits.shape[:-1])
 
 
@@ -140,11 +147,15 @@ def cache_shard(
     kd_mode = capture.get("kd_mode", "topk")
     groups = RowGroupBuffer(input_ids.shape[1])  # row groups of ~32k positions, not per batch: zstd packs KD better
     # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
-    options = {"compression": "zstd", "use_dictionary": False, **PARQUET_WRITE}
-    hidden_writer = pq.ParquetWriter(hidden_path, hidden_schema(capture), **options) if hidden_path else None
+    options = {"compression": "zstd", "use_dictionary": False}
+    hidden_writer = None
+    if hidden_path:
+        hidden = hidden_schema(capture)
+        hidden_writer = pq.ParquetWriter(hidden_path, hidden, **options, **lean_write_options(hidden))
     # Packed KD streams: a higher zstd level (kd_pack.writer_options); the hidden shards keep the plain options.
+    kd_options = {**options, **lean_write_options(schema), **writer_options(capture)}
     with (
-        pq.ParquetWriter(out_path, schema, **{**options, **writer_options(capture)}) as writer,
+        pq.ParquetWriter(out_path, schema, **kd_options) as writer,
         hidden_writer or nullcontext(),
     ):
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dskd.senses.dictionary import offered_batch, stream_positions
-from dskd.store.integrity import PARQUET_WRITE, iter_batches
+from dskd.store.integrity import iter_batches, lean_write_options
 from dskd.teacher.reservoir_spill import last_per_key, latest_writes, read_run, write_run
 from dskd.teacher.schema import RESERVOIR_SCHEMA
 
@@ -196,7 +196,7 @@ def write_reservoir(
     count. Streams: holds one row group (``group_bytes``, 4 MiB by default) at a time."""
     # Columns built from numpy arrays (no per-row Python objects) and no dictionary encoding (float vectors never
     # repeat). An open ParquetWriter itself keeps ~30-45 MiB of pyarrow buffers at 4 MiB row groups (measured).
-    options = {"compression": "zstd", "use_dictionary": False, **PARQUET_WRITE}
+    options = {"compression": "zstd", "use_dictionary": False, **lean_write_options(RESERVOIR_SCHEMA)}
     n_tokens = 0
     with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, **options) as writer:
         ids: list[int] = []

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dskd.store.integrity import PARQUET_WRITE, iter_batches
+from dskd.store.integrity import iter_batches, lean_write_options
 
 Writes = tuple[np.ndarray, np.ndarray, np.ndarray]  # (token_id int64 [n], slot int64 [n], vectors [n, d])
 
@@ -42,7 +42,7 @@ def write_run(path: Path, batches: Iterable[Writes], row_group_rows: int) -> int
                 continue
             table = _run_table(writes)
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema, compression="zstd", **PARQUET_WRITE)
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd", **lean_write_options(table.schema))
             writer.write_table(table, row_group_size=max(1, row_group_rows))
             rows += writes[0].size
     finally:

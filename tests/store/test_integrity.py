@@ -89,3 +89,35 @@ def test_old_files_without_page_checksums_are_not_verified_by_pyarrow(tmp_path):
     pq.write_table(table, tmp_path / "old.parquet", compression="none")
     flip_middle(tmp_path / "old.parquet", 64)
     assert read_table(tmp_path / "old.parquet").num_rows == 20_000  # silently wrong values
+
+
+def test_lean_write_options_keep_statistics_on_scalars_and_split_float_leaves(tmp_path):
+    """Bulk tensor files: min/max statistics on the scalar columns only, byte-stream-split on float leaves (lists and
+    fixed-size lists), page checksums kept; the file reads back equal through the checked reader."""
+    import pyarrow.parquet as pq
+
+    from dskd.store.integrity import lean_write_options
+
+    vec = np.arange(12, dtype=np.float16) / 7
+    table = pa.table(
+        {
+            "token_id": pa.array([3, 4], pa.int64()),
+            "ids": pa.ListArray.from_arrays(pa.array([0, 2, 4], pa.int32()), pa.array([1, 2, 3, 4], pa.uint16())),
+            "vectors": pa.ListArray.from_arrays(pa.array([0, 6, 12], pa.int32()), pa.array(vec, pa.float16())),
+            "fixed": pa.FixedSizeListArray.from_arrays(pa.array(vec.astype(np.float32)), 6),
+        }
+    )
+    options = lean_write_options(table.schema)
+    assert options == {
+        "write_page_checksum": True,
+        "write_statistics": ["token_id"],
+        "use_byte_stream_split": ["vectors.list.element", "fixed.list.element"],
+    }
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path, compression="zstd", use_dictionary=False, **options)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert [name for name, c in columns.items() if c.is_stats_set] == ["token_id"]
+    split = [name for name, c in columns.items() if "BYTE_STREAM_SPLIT" in c.encodings]
+    assert split == ["vectors.list.element", "fixed.list.element"]
+    assert read_table(path).equals(table)

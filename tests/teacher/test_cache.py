@@ -120,14 +120,15 @@ class _FixedLogits(torch.nn.Module):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_teacher_outputs_on_bf16_logits_equal_those_of_a_float32_copy(temperature: float):
+def test_teacher_outputs_on_bf16_logits_equal_those_of_a_float32_copy(temperature: float, monkeypatch):
     """The reductions run on the teacher's own (bf16) logits: top-k values and ids, the argmax (lowest id among tied
     maxima) and logsumexp(z/T) equal what a float32 copy of the logits gives, ties included."""
     from dskd.teacher import cache as cache_mod
     from dskd.teacher.cache import teacher_outputs
 
+    monkeypatch.setitem(cache_mod.LSE_SLICE_BYTES, "cpu", 16 * 4 * 1000)  # 111 rows: slices of 16 + a rest
     gen = torch.Generator().manual_seed(0)
-    logits = (torch.randn(3, 37, 1000, generator=gen) * 4).to(torch.bfloat16)  # 37 rows: slices of 16 + a rest
+    logits = (torch.randn(3, 37, 1000, generator=gen) * 4).to(torch.bfloat16)
     logits[0, 0, [5, 700, 3]] = 50.0  # a three-way tie for the max: the argmax is the lowest id, 3
     hidden = torch.randn(3, 37, 8, generator=gen).to(torch.bfloat16)
     values, ids, lse, argmax, hid = teacher_outputs(_FixedLogits(hidden, logits), torch.zeros(3, 37), 6, temperature)
@@ -139,4 +140,20 @@ def test_teacher_outputs_on_bf16_logits_equal_those_of_a_float32_copy(temperatur
     assert int((ref.max(dim=-1, keepdim=True).values == ref).sum(-1).max()) > 1  # the data does tie
     torch.testing.assert_close(lse, torch.logsumexp(ref / temperature, dim=-1), rtol=0, atol=1e-5)
     assert hid.dtype == torch.float32
-    assert cache_mod.LSE_ROWS < 3 * 37  # the bf16 path really slices
+    assert cache_mod.lse_rows_per_slice(1000, "cpu") == 16  # the pass really slices
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logsumexp_fp32_slices_equal_one_float64_reduction(dtype, monkeypatch):
+    """Sliced logsumexp (a rest slice included) equals logsumexp(z/T) of a float64 copy, for float32 and bf16 logits;
+    the default CPU budget gives 8 rows at the 49,152-token vocabulary, the GPU one a whole 8B teacher's batch row."""
+    from dskd.teacher import cache as cache_mod
+
+    monkeypatch.setitem(cache_mod.LSE_SLICE_BYTES, "cpu", 5 * 4 * 300)  # 5 rows per slice: 23 rows = 4 x 5 + 3
+    logits = (torch.randn(23, 300, generator=torch.Generator().manual_seed(1)) * 6).to(dtype)
+    lse = cache_mod.logsumexp_fp32(logits.reshape(1, 23, 300), 2.0)
+    assert lse.shape == (1, 23) and lse.dtype == torch.float32
+    torch.testing.assert_close(lse[0].double(), torch.logsumexp(logits.double() / 2.0, dim=-1), rtol=0, atol=1e-5)
+    monkeypatch.undo()
+    assert cache_mod.lse_rows_per_slice(49_152, "cpu") == 8
+    assert cache_mod.lse_rows_per_slice(128_256, "cuda") == 523 and cache_mod.lse_rows_per_slice(10**9, "cpu") == 1
