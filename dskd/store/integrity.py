@@ -37,7 +37,7 @@ def lean_write_options(schema: pa.Schema) -> dict[str, Any]:
     """PARQUET_WRITE plus per-column encodings for the bulk tensor files (hidden states, reservoir, KD logits).
 
     Min/max statistics only on the top-level scalar columns: nothing filters on values inside a list, and computing
-    them for float16 vectors took ~40 % of a write (0.37 -> 0.22 s per 33 MB, bench/README "Parquet writes").
+    them for float16 vectors took ~40 % of a write (0.37 -> 0.22 s per 33 MB, bench/README "leaner Parquet writes").
     Byte-stream-split on floating-point leaves: zstd then sees the exponent bytes together (float16 vectors ~8 %
     smaller), at no cost in speed. Readers need nothing: both are standard Parquet.
     """

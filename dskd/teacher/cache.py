@@ -50,9 +50,9 @@ def tokenizer_hash(tokenizer) -> str:
 
 
 # Bytes of float32 logits reduced per logsumexp call. logsumexp makes a full-size temporary (z - max) and reads it
-# twice; on a CPU a slice that stays in a core's L2 (8 rows at V = 49,152) makes that ~3.5x faster than one call over
-# the batch (float32: 81 -> 23 ms per 1,024 rows, bench/README "teacher pass's reductions"). On a GPU the budget only
-# bounds the temporary (an 8B teacher's batch of fp32 logits is ~8 GB), in few launches.
+# twice; on a CPU a slice that stays in a core's L2 (8 rows at V = 49,152) makes that ~3.5x faster than one call
+# over the batch (float32: 81 -> 23 ms per 1,024 rows; bench/README "logsumexp slices, leaner Parquet writes"). On a
+# GPU the budget only bounds the temporary (an 8B teacher's batch of fp32 logits is ~8 GB), in few launches.
 LSE_SLICE_BYTES = {"cpu": 3 << 19, "cuda": 256 << 20}
 
 
