@@ -1,6 +1,6 @@
 """Run every bench script, collect the RESULT line each prints last, print a table (measure, figure, target, pass).
 
-    .venv/bin/python bench/run_all.py            # the default settings (`make bench`), ~40 min on 2 idle cores
+    .venv/bin/python bench/run_all.py            # the default settings (`make bench`), ~16 min on 2 idle AMX cores
     .venv/bin/python bench/run_all.py --tiny     # seconds-scale smoke run
     .venv/bin/python bench/run_all.py --only logit_bytes hidden_bytes
     .venv/bin/python bench/run_all.py --gpu-json gpu_check.json   # GPU rows from a bench/gpu_check.sh run
