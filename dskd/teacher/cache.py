@@ -146,16 +146,13 @@ def cache_shard(
     topk, temperature = capture["topk"], capture["kd_temperature"]
     kd_mode = capture.get("kd_mode", "topk")
     groups = RowGroupBuffer(input_ids.shape[1])  # row groups of ~32k positions, not per batch: zstd packs KD better
-    # No dictionary encoding: float columns never repeat, and trying it made hidden-state writes ~3x slower.
-    options = {"compression": "zstd", "use_dictionary": False}
     hidden_writer = None
     if hidden_path:
         hidden = hidden_schema(capture)
-        hidden_writer = pq.ParquetWriter(hidden_path, hidden, **options, **lean_write_options(hidden))
-    # Packed KD streams: a higher zstd level (kd_pack.writer_options); the hidden shards keep the plain options.
-    kd_options = {**options, **lean_write_options(schema), **writer_options(capture)}
+        hidden_writer = pq.ParquetWriter(hidden_path, hidden, **lean_write_options(hidden))
+    # Packed KD streams: a higher zstd level (kd_pack.writer_options); the hidden shards keep the default level.
     with (
-        pq.ParquetWriter(out_path, schema, **kd_options) as writer,
+        pq.ParquetWriter(out_path, schema, **lean_write_options(schema), **writer_options(capture)) as writer,
         hidden_writer or nullcontext(),
     ):
 

@@ -194,11 +194,10 @@ def write_reservoir(
 ) -> int:
     """Persist reservoir rows (float16 vectors, flattened) to Parquet in small row groups; returns the token
     count. Streams: holds one row group (``group_bytes``, 4 MiB by default) at a time."""
-    # Columns built from numpy arrays (no per-row Python objects) and no dictionary encoding (float vectors never
-    # repeat). An open ParquetWriter itself keeps ~30-45 MiB of pyarrow buffers at 4 MiB row groups (measured).
-    options = {"compression": "zstd", "use_dictionary": False, **lean_write_options(RESERVOIR_SCHEMA)}
+    # Columns built from numpy arrays (no per-row Python objects). An open ParquetWriter itself keeps ~30-45 MiB of
+    # pyarrow buffers at 4 MiB row groups (measured).
     n_tokens = 0
-    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, **options) as writer:
+    with pq.ParquetWriter(out_path, RESERVOIR_SCHEMA, **lean_write_options(RESERVOIR_SCHEMA)) as writer:
         ids: list[int] = []
         counts: list[int] = []
         seen: list[int] = []

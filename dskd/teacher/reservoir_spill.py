@@ -42,7 +42,7 @@ def write_run(path: Path, batches: Iterable[Writes], row_group_rows: int) -> int
                 continue
             table = _run_table(writes)
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema, compression="zstd", **lean_write_options(table.schema))
+                writer = pq.ParquetWriter(path, table.schema, **lean_write_options(table.schema))
             writer.write_table(table, row_group_size=max(1, row_group_rows))
             rows += writes[0].size
     finally:

@@ -109,12 +109,14 @@ def test_lean_write_options_keep_statistics_on_scalars_and_split_float_leaves(tm
     )
     options = lean_write_options(table.schema)
     assert options == {
+        "compression": "zstd",
+        "use_dictionary": False,
         "write_page_checksum": True,
         "write_statistics": ["token_id"],
         "use_byte_stream_split": ["vectors.list.element", "fixed.list.element"],
     }
     path = tmp_path / "t.parquet"
-    pq.write_table(table, path, compression="zstd", use_dictionary=False, **options)
+    pq.write_table(table, path, **options)
     meta = pq.ParquetFile(path).metadata.row_group(0)
     columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
     assert [name for name, c in columns.items() if c.is_stats_set] == ["token_id"]
